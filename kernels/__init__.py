@@ -1,0 +1,1 @@
+"""Triton kernels of sgl-dflash (each with a plain-torch reference, tested under TRITON_INTERPRET=1)."""

@@ -1,0 +1,111 @@
+"""Registers ``--speculative-algorithm SGL_DFLASH`` with SGLang.
+
+The scheduler wires aux hidden-state capture, draft KV pool sizing, the
+2*B over-allocation per decode step and TARGET_VERIFY graphs for algorithms
+that answer ``is_dflash()``; SGL_DFLASH needs exactly that wiring, so it
+answers like DFLASH everywhere except the worker and its own argument checks.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from sglang.srt.speculative.spec_info import SpeculativeAlgorithm
+from sglang.srt.speculative.spec_registry import CustomSpecAlgo
+
+from sgl_dflash import ALGORITHM_NAME
+from sgl_dflash.draft_checkpoint import validate_draft
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MAX_RUNNING_REQUESTS = 48  # same default as the built-in DFLASH
+
+
+class SglDFlashAlgo(CustomSpecAlgo):
+    def is_dflash(self) -> bool:
+        return True
+
+    def is_dflash_family(self) -> bool:
+        return True
+
+    def supports_target_verify_for_draft(self) -> bool:
+        return True
+
+    def supports_prefill_shared_read_done(self) -> bool:
+        return True
+
+    def supports_grammar_overlap(self) -> bool:
+        return True
+
+    def __getattr__(self, name: str) -> Any:
+        # Scheduler helpers the custom-algorithm base lacks (create_future_map,
+        # need_topk, carries_draft_hidden_states, ...) behave as for DFLASH.
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return getattr(SpeculativeAlgorithm.DFLASH, name)
+
+    def handle_server_args(self, server_args: Any) -> None:
+        resolve_server_args(server_args)
+
+
+def resolve_server_args(args: Any) -> None:
+    """Validate the launch and fill SGL_DFLASH's defaults (runs before the scheduler starts)."""
+    if args.pp_size != 1:
+        raise ValueError(f"{ALGORITHM_NAME} supports pp_size == 1 only, got {args.pp_size}.")
+    if getattr(args, "enable_dp_attention", False):
+        raise ValueError(f"{ALGORITHM_NAME} does not support --enable-dp-attention yet.")
+    if getattr(args, "speculative_draft_window_size", None) is not None:
+        raise ValueError(f"{ALGORITHM_NAME} does not support --speculative-draft-window-size yet.")
+    if args.device == "cpu":
+        _check_cpu_launch(args)
+
+    spec = validate_draft(
+        args.speculative_draft_model_path, args.model_path, args.speculative_num_draft_tokens
+    )
+    for field in ("speculative_num_steps", "speculative_eagle_topk"):
+        value = getattr(args, field)
+        if value not in (None, 1):
+            logger.warning("%s ignores %s=%s; using 1.", ALGORITHM_NAME, field, value)
+        setattr(args, field, 1)
+    args.speculative_num_draft_tokens = spec.block_size
+    if args.device == "cpu":
+        args.speculative_draft_attention_backend = "torch_native"
+    if args.max_running_requests is None:
+        args.max_running_requests = DEFAULT_MAX_RUNNING_REQUESTS
+    logger.info(
+        "%s: draft %s, block size %d, target layers %s, mask token %d",
+        ALGORITHM_NAME,
+        spec.path,
+        spec.block_size,
+        list(spec.target_layer_ids),
+        spec.mask_token_id,
+    )
+
+
+def _check_cpu_launch(args: Any) -> None:
+    import os
+
+    if os.environ.get("SGLANG_USE_CPU_ENGINE") != "1":
+        raise ValueError("On CPU, set SGLANG_USE_CPU_ENGINE=1 (SGLang's CPU engine).")
+    if args.attention_backend not in (None, "torch_native"):
+        raise ValueError(
+            f"{ALGORITHM_NAME} on CPU needs --attention-backend torch_native, "
+            f"got {args.attention_backend!r}."
+        )
+    if args.dtype not in ("float32", "auto"):
+        raise ValueError(
+            f"{ALGORITHM_NAME} on CPU runs in float32 only (--dtype float32), got {args.dtype!r}."
+        )
+
+
+def register() -> None:
+    SpeculativeAlgorithm.register(
+        ALGORITHM_NAME, supports_overlap=True, spec_class=SglDFlashAlgo
+    )(_worker_factory)
+
+
+def _worker_factory(server_args: Any) -> type:
+    from sgl_dflash.worker import SglDFlashWorker
+
+    return SglDFlashWorker
