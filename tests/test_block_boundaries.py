@@ -1,0 +1,95 @@
+"""Full-block acceptance, KV commit at block boundaries, EOS inside an accepted block.
+
+* zero_head target: lm_head all zeros, so the target always emits token 0 and
+  every draft token (argmax through the same head) is accepted.
+* chain target: greedy continuation is D, EOS, EOS, ...; the drafter proposes
+  EOS at every masked position, so the first speculative step accepts a full
+  block that starts with EOS: everything after the EOS must be dropped.
+Each is compared with a plain server on the same target.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from sgl_dflash.tiny_models import CHAIN_D_ID, EOS_ID
+
+BLOCK = 4
+PROMPTS = ["abc", "hello world", "x = 1\ny = ", "The answer is"]
+
+
+@pytest.fixture(scope="module")
+def servers(tiny_pair, start_servers):
+    zero_t, zero_d = tiny_pair("zero_head")
+    chain_t, chain_d = tiny_pair("chain")
+    plain_zero, spec_zero, plain_chain, spec_chain = start_servers(
+        {"model": zero_t},
+        {"model": zero_t, "draft": zero_d, "block_size": BLOCK},
+        {"model": chain_t},
+        {"model": chain_t, "draft": chain_d, "block_size": BLOCK},
+    )
+    return {"zero": (plain_zero, spec_zero), "chain": (plain_chain, spec_chain)}
+
+
+@pytest.mark.parametrize("max_tokens", [1, 2, 4, 5, 6, 8, 9, 13, 31])
+def test_full_acceptance_any_length(servers, max_tokens):
+    plain, spec = servers["zero"]
+    for prompt in PROMPTS:
+        a = plain.generate(prompt, max_new_tokens=max_tokens, temperature=0)
+        b = spec.generate(prompt, max_new_tokens=max_tokens, temperature=0)
+        assert b["output_ids"] == a["output_ids"] == [0] * max_tokens
+        meta = b["meta_info"]
+        if max_tokens > BLOCK + 1:
+            # Every step but possibly the last commits a whole block.
+            steps = meta["spec_verify_ct"]
+            assert steps == -(-(max_tokens - 1) // BLOCK)
+            assert meta["spec_accept_length"] > 2.0
+
+
+def test_full_acceptance_concurrent_and_stop_string(servers):
+    plain, spec = servers["zero"]
+    jobs = [(p, n) for p in PROMPTS for n in (7, 10, 15, 22)]
+
+    def run(server, **extra):
+        with ThreadPoolExecutor(16) as pool:
+            return list(
+                pool.map(lambda j: server.generate(j[0], max_new_tokens=j[1], temperature=0, **extra), jobs)
+            )
+
+    for a, b in zip(run(plain), run(spec)):
+        assert a["output_ids"] == b["output_ids"]
+    stop = "\x00" * 6  # token 0 decodes to NUL: stops after the 6th token, mid-block
+    for a, b in zip(run(plain, stop=stop), run(spec, stop=stop)):
+        assert a["output_ids"] == b["output_ids"]
+        assert a["meta_info"]["finish_reason"] == b["meta_info"]["finish_reason"]
+
+
+def test_eos_inside_accepted_block(servers):
+    plain, spec = servers["chain"]
+    for prompt in PROMPTS:
+        a = plain.generate(prompt, max_new_tokens=20, temperature=0)
+        b = spec.generate(prompt, max_new_tokens=20, temperature=0)
+        assert a["output_ids"] == b["output_ids"]
+        assert b["output_ids"][0] == CHAIN_D_ID
+        assert b["meta_info"]["finish_reason"]["type"] == "stop"
+        assert b["meta_info"]["completion_tokens"] == a["meta_info"]["completion_tokens"] == 2
+        assert b["meta_info"]["spec_verify_ct"] == 1
+
+
+def test_ignore_eos_continues_after_full_blocks(servers):
+    plain, spec = servers["chain"]
+    for n in (3, 6, 11):
+        a = plain.generate(PROMPTS[0], max_new_tokens=n, temperature=0, ignore_eos=True)
+        b = spec.generate(PROMPTS[0], max_new_tokens=n, temperature=0, ignore_eos=True)
+        assert a["output_ids"] == b["output_ids"] == [CHAIN_D_ID] + [EOS_ID] * (n - 1)
+
+
+def test_server_log_shows_running_mean_accept_length(servers):
+    _, spec = servers["zero"]
+    for _ in range(6):  # enough steps for the periodic log line
+        spec.generate(PROMPTS[0], max_new_tokens=60, temperature=0)
+    log = spec.log()
+    assert "SGL_DFLASH running mean accept length" in log
+    assert "accept len:" in log  # SGLang's own per-interval decode log
