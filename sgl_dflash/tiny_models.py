@@ -194,12 +194,15 @@ def _silence_residual_writers(w: dict[str, torch.Tensor]) -> None:
             t.zero_()
 
 
-def make_chain(tw: dict[str, torch.Tensor], dw: dict[str, torch.Tensor], cfg: dict) -> None:
+def make_chain(
+    tw: dict[str, torch.Tensor], dw: dict[str, torch.Tensor], cfg: dict, gen: torch.Generator
+) -> None:
     """Greedy continuation: ordinary -> D -> EOS -> EOS ...; MASK -> EOS.
 
     The residual stream equals the token embedding (layers silenced). Embedding
     dim 0 marks D, dim 1 marks EOS/MASK, dim 2 marks every other token; the head
-    reads those three dims only, so argmax is decided by which marker is set.
+    reads those marker dims with weight 1 and every dim with small noise, so
+    argmax is decided by the marker while sampled distributions have no ties.
     """
     _silence_residual_writers(tw)
     _silence_residual_writers(dw)
@@ -209,9 +212,10 @@ def make_chain(tw: dict[str, torch.Tensor], dw: dict[str, torch.Tensor], cfg: di
     emb[CHAIN_D_ID, 2], emb[CHAIN_D_ID, 0] = 0.0, 4.0
     for t in (EOS_ID, MASK_ID):
         emb[t, 2], emb[t, 1] = 0.0, 4.0
-    head = torch.zeros(cfg["vocab_size"], cfg["hidden_size"])
-    head[CHAIN_D_ID, 2] = 1.0  # ordinary -> D
-    head[EOS_ID, 0] = head[EOS_ID, 1] = 1.0  # D, EOS, MASK -> EOS
+    head = torch.randn(cfg["vocab_size"], cfg["hidden_size"], generator=gen) * 0.02
+    head[CHAIN_D_ID, 2] += 1.0  # ordinary -> D
+    head[EOS_ID, 0] += 1.0  # D -> EOS
+    head[EOS_ID, 1] += 1.0  # EOS, MASK -> EOS
     tw["lm_head.weight"] = head
 
 
@@ -234,7 +238,7 @@ def make_pair(
     if flavour == "zero_head":
         tw["lm_head.weight"].zero_()
     elif flavour == "chain":
-        make_chain(tw, dw, tcfg)
+        make_chain(tw, dw, tcfg, gen)
     elif flavour != "random":
         raise ValueError(f"unknown flavour {flavour!r}: expected random, zero_head or chain")
     target, draft = out / "target", out / "draft"

@@ -1,0 +1,58 @@
+"""Sampling stays lossless on the real server: spec next-token frequencies vs the target.
+
+Target: the tiny "chain" model (greedy D, EOS, EOS, ...; sampled distributions
+are peaked but have full support), drafter proposing EOS everywhere, so both
+the accept and the reject/resample paths run often. For many sampled
+3-token continuations of one prompt, the token at depth 2 (given depth 1 = D)
+and at depth 3 (given D, EOS) are produced by the first speculative step;
+their frequencies must match the target's sampling distribution computed with
+transformers under the same temperature / top-k / top-p.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from sampling_reference import grouped_counts, reference_probs
+from scipy.stats import chisquare
+
+from sgl_dflash.tiny_models import CHAIN_D_ID, EOS_ID
+
+PROMPT = [97, 98, 99]  # "abc"
+REQUESTS, PER_CALL = 1600, 100
+CONFIGS = [
+    dict(temperature=0.5),
+    dict(temperature=0.7, top_k=8),
+    dict(temperature=0.6, top_p=0.9),
+]
+
+
+@pytest.fixture(scope="module")
+def setup(tiny_pair, start_servers):
+    from transformers import AutoModelForCausalLM
+
+    target, draft = tiny_pair("chain")
+    (spec,) = start_servers({"model": target, "draft": draft, "block_size": 4})
+    model = AutoModelForCausalLM.from_pretrained(target, dtype=torch.float32)
+    return spec, model
+
+
+@pytest.mark.parametrize("params", CONFIGS, ids=lambda p: ",".join(f"{k}={v}" for k, v in p.items()))
+def test_spec_sampling_matches_target_distribution(setup, params):
+    spec, model = setup
+    outs = []
+    for _ in range(REQUESTS // PER_CALL):
+        res = spec.generate([PROMPT] * PER_CALL, max_new_tokens=3, ignore_eos=True, **params)
+        outs += [r["output_ids"] for r in res]
+    assert sum(r["meta_info"]["spec_verify_ct"] for r in res) > 0
+
+    ref_kwargs = {k: v for k, v in params.items()}
+    with torch.no_grad():
+        logits = model(torch.tensor([PROMPT + [CHAIN_D_ID, EOS_ID]])).logits[0]
+    for depth, context in ((1, [CHAIN_D_ID]), (2, [CHAIN_D_ID, EOS_ID])):
+        samples = [o[depth] for o in outs if o[:depth] == context]
+        assert len(samples) > REQUESTS // 3
+        probs = reference_probs(logits[len(PROMPT) + depth - 1], **ref_kwargs)
+        obs, exp, outside_support = grouped_counts(samples, probs)
+        assert outside_support == 0, "sampled a token the target's sampler can never emit"
+        assert chisquare(obs, exp).pvalue > 1e-4, (depth, obs.tolist(), exp.tolist())
