@@ -45,12 +45,13 @@ class SglDFlashAlgo(CustomSpecAlgo):
             raise AttributeError(name)
         return getattr(SpeculativeAlgorithm.DFLASH, name)
 
-    def handle_server_args(self, server_args: Any) -> None:
-        resolve_server_args(server_args)
-
 
 def resolve_server_args(args: Any) -> None:
-    """Validate the launch and fill SGL_DFLASH's defaults (runs before the scheduler starts)."""
+    """Validate the launch and fill SGL_DFLASH's defaults.
+
+    Runs in the launching process during argument resolution (see
+    sglang_patches), before any scheduler starts or the draft is loaded.
+    """
     if args.pp_size != 1:
         raise ValueError(f"{ALGORITHM_NAME} supports pp_size == 1 only, got {args.pp_size}.")
     if getattr(args, "enable_dp_attention", False):

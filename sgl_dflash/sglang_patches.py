@@ -18,6 +18,15 @@ _SPEC_UTILS = "sglang.srt.speculative.spec_utils"
 
 
 def register_common() -> None:
+    # handle_speculative_decoding loads the draft's HF config (to detect
+    # Gemma4 drafts) before it calls the algorithm's own argument handler, so
+    # a bad draft path surfaced as an unrelated "Repo id must be ..." error.
+    # Run SGL_DFLASH's validation and defaults first instead.
+    HookRegistry.register(
+        "sglang.srt.arg_groups.speculative_hook.handle_speculative_decoding",
+        _resolve_sgl_dflash_args_first,
+        HookType.AROUND,
+    )
     # spec_need_hidden_states() lists the algorithms whose draft does not need
     # hidden states relayed through the overlap FutureMap by name ("DFLASH",
     # ...). SGL_DFLASH materializes draft KV from target hidden states inside
@@ -74,6 +83,16 @@ def register_cpu() -> None:
             _original_record_stream(self, stream)
 
     torch.Tensor.record_stream = record_stream
+
+
+def _resolve_sgl_dflash_args_first(original, server_args) -> None:
+    from sglang.srt.arg_groups.overrides import record_foreign_defaults, resolving_view
+
+    from sgl_dflash.algorithm import resolve_server_args
+
+    if str(resolving_view(server_args).speculative_algorithm).upper() == ALGORITHM_NAME:
+        record_foreign_defaults(server_args, ALGORITHM_NAME, resolve_server_args)
+    original(server_args)
 
 
 def _no_hidden_relay_for_us(result: bool) -> bool:
