@@ -6,14 +6,13 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from conftest import CPU_ENV, free_port
 
 from sgl_dflash.draft_checkpoint import DraftConfigError, validate_draft
+from sgl_dflash.launcher import CPU_ENV, free_port, server_command
 
 
 def draft_variant(draft: Path, tmp: Path, name: str, edit) -> Path:
@@ -53,16 +52,9 @@ def cases(target: Path, draft: Path, tmp: Path) -> dict[str, tuple[list[str], st
 
 
 def launch(target: Path, extra: list[str]) -> subprocess.CompletedProcess:
-    cmd = [
-        sys.executable, "-m", "sglang.launch_server", "--model-path", str(target),
-        "--speculative-algorithm", "SGL_DFLASH", "--device", "cpu",
-        "--attention-backend", "torch_native", "--max-total-tokens", "2048",
-        "--host", "127.0.0.1", "--port", str(free_port()),
-    ]
-    if "--dtype" not in extra:
-        cmd += ["--dtype", "float32"]
+    cmd = server_command(target, free_port()) + ["--speculative-algorithm", "SGL_DFLASH"] + extra
     return subprocess.run(
-        cmd + extra, env={**os.environ, **CPU_ENV}, capture_output=True, text=True, timeout=300
+        cmd, env={**os.environ, **CPU_ENV}, capture_output=True, text=True, timeout=300
     )
 
 

@@ -1,0 +1,112 @@
+"""Start and talk to a real SGLang server process (used by the demo, bench and tests)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import requests
+
+READY_TIMEOUT_S = 240
+
+# SGLang's CPU engine, offline; a KV/req-slot leak raises inside the scheduler.
+CPU_ENV = {
+    "HF_HUB_OFFLINE": "1",
+    "SGLANG_USE_CPU_ENGINE": "1",
+    "SGLANG_ENABLE_STRICT_MEM_CHECK_DURING_IDLE": "1",
+}
+CPU_ARGS = ("--device", "cpu", "--attention-backend", "torch_native", "--dtype", "float32")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def server_command(
+    model: Path,
+    port: int,
+    *,
+    draft: Optional[Path] = None,
+    algorithm: str = "SGL_DFLASH",
+    block_size: Optional[int] = None,
+    device: str = "cpu",
+    max_total_tokens: int = 4096,
+    extra: tuple[str, ...] = (),
+) -> list[str]:
+    cmd = [sys.executable, "-m", "sglang.launch_server", "--model-path", str(model),
+           "--host", "127.0.0.1", "--port", str(port)]
+    if device == "cpu":
+        cmd += [*CPU_ARGS, "--max-total-tokens", str(max_total_tokens)]
+    if draft is not None:
+        cmd += ["--speculative-algorithm", algorithm, "--speculative-draft-model-path", str(draft)]
+        if block_size is not None:
+            cmd += ["--speculative-num-draft-tokens", str(block_size)]
+    return cmd + list(extra)
+
+
+class Server:
+    """A `python -m sglang.launch_server` child process with its log in a file."""
+
+    def __init__(self, model: Path, log_path: Path, *, device: str = "cpu",
+                 env: Optional[dict[str, str]] = None, **kwargs: Any) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = log_path
+        self._log = open(log_path, "w")
+        cpu_env = {**CPU_ENV, "OMP_NUM_THREADS": "1"} if device == "cpu" else {}
+        self.proc = subprocess.Popen(
+            server_command(model, self.port, device=device, **kwargs),
+            env={**os.environ, **cpu_env, **(env or {})},
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def wait_ready(self, timeout: float = READY_TIMEOUT_S) -> "Server":
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited ({self.proc.returncode}):\n{self.log()[-4000:]}")
+            try:
+                if requests.get(f"{self.url}/model_info", timeout=2).status_code == 200:
+                    return self
+            except requests.RequestException:
+                pass
+            time.sleep(1)
+        raise RuntimeError(f"server not ready after {timeout}s:\n{self.log()[-4000:]}")
+
+    def log(self) -> str:
+        self._log.flush()
+        return self.log_path.read_text(errors="replace")
+
+    def generate(self, prompt: Any, timeout: float = 300, **sampling: Any) -> Any:
+        """POST /generate with text, token ids, or a batch of either."""
+        key = "input_ids" if prompt and isinstance(prompt[0], (int, list)) else "text"
+        r = requests.post(f"{self.url}/generate", json={key: prompt, "sampling_params": sampling},
+                          timeout=timeout)
+        r.raise_for_status()
+        return r.json()
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        self._log.close()
+
+    def __enter__(self) -> "Server":
+        return self.wait_ready()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
