@@ -1,0 +1,33 @@
+"""An offline text corpus every machine has: the Python standard library's source.
+
+Files are split into train / held-out by a hash of their path, so the split is
+the same on every machine with the same Python version.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sysconfig
+from pathlib import Path
+
+SKIP_DIRS = {"site-packages", "test", "tests", "idlelib", "__pycache__", "lib2to3", "turtledemo"}
+
+
+def stdlib_files(split: str = "train", max_bytes: int = 200_000) -> list[Path]:
+    """Stdlib .py files of one split ("train": ~95%, "heldout": ~5%), sorted by path."""
+    root = Path(sysconfig.get_paths()["stdlib"])
+    out = []
+    for path in sorted(root.rglob("*.py")):
+        rel = path.relative_to(root)
+        if SKIP_DIRS & set(rel.parts[:-1]) or path.stat().st_size > max_bytes:
+            continue
+        bucket = int(hashlib.sha1(str(rel).encode()).hexdigest(), 16) % 20
+        if (bucket == 0) == (split == "heldout"):
+            out.append(path)
+    if not out:
+        raise RuntimeError(f"no Python standard library source found under {root}")
+    return out
+
+
+def read_texts(files: list[Path]) -> list[str]:
+    return [f.read_text(encoding="utf-8", errors="replace") for f in files]

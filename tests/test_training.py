@@ -1,0 +1,147 @@
+"""The DFlash training recipe: loss and masking, learning, input validation."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from sgl_dflash.train import main as train_main
+from sgl_dflash.training.dflash_trainer import (
+    TrainConfig,
+    TrainingInputError,
+    check_target,
+    dflash_loss,
+    load_prompts,
+    load_target,
+    position_weights,
+    sample_anchors,
+    target_features,
+    train_drafter,
+)
+from sgl_dflash.training.drafter import DFlashDrafter
+
+BLOCK = 4
+
+
+@pytest.fixture(scope="module")
+def target(tiny_pair):
+    model, _ = load_target(tiny_pair("random")[0], "cpu")
+    return model
+
+
+def make_drafter(target, block=BLOCK, seed=0) -> DFlashDrafter:
+    torch.manual_seed(seed)
+    return DFlashDrafter.from_target_config(
+        target.config.to_dict(), num_layers=2, block_size=block, target_layer_ids=[1, 2], mask_token_id=257
+    )
+
+
+def reference_loss(drafter, embed, lm_head, feats, ids, anchors, gamma) -> torch.Tensor:
+    """One block at a time, with only its own context: no batching, no attention mask."""
+    w = position_weights(drafter.block_size, gamma)
+    total, norm = 0.0, 0.0
+    for s in range(ids.shape[0]):
+        for a in anchors[s].tolist():
+            b = drafter.block_size
+            block = torch.tensor([ids[s, a].item()] + [drafter.mask_token_id] * (b - 1))
+            ctx = drafter.project_context(feats[s, :a])
+            hidden = drafter(
+                embed[block][None], torch.arange(a, a + b)[None], ctx[None], torch.arange(a)[None],
+                torch.ones(1, b, a + b, dtype=torch.bool),
+            )[0]
+            ce = F.cross_entropy(hidden @ lm_head.T, ids[s, a : a + b], reduction="none")
+            total = total + (ce[1:] * w[1:]).sum()
+            norm += float(w[1:].sum())
+    return total / norm
+
+
+def test_loss_and_masking_match_per_block_reference(target):
+    drafter = make_drafter(target)
+    gen = torch.Generator().manual_seed(3)
+    ids = torch.randint(0, 256, (3, 20), generator=gen)
+    anchors = torch.tensor([[1, 5, 16], [3, 3, 9], [10, 2, 7]])  # includes a repeated anchor
+    feats = target_features(target, ids, drafter.target_layer_ids)
+    embed = target.get_input_embeddings().weight
+    lm_head = target.get_output_embeddings().weight
+    got = dflash_loss(drafter, embed, lm_head, feats, ids, anchors, gamma=7.0)
+    ref = reference_loss(drafter, embed, lm_head, feats, ids, anchors, gamma=7.0)
+    torch.testing.assert_close(got, ref)
+
+
+def test_position_weights_and_anchor_range():
+    w = position_weights(5, gamma=2.0)
+    expected = torch.tensor([0.0, 1.0, *torch.tensor([-0.5, -1.0, -1.5]).exp().tolist()])
+    torch.testing.assert_close(w, expected)  # w_0 = 0, w_k = exp(-(k-1)/gamma)
+    gen = torch.Generator().manual_seed(0)
+    lengths, starts = torch.tensor([10, 30, 5]), torch.tensor([0, 12, 4])
+    a = sample_anchors(lengths, starts, 4, 200, gen)
+    assert (a >= 1).all() and (a[0] <= 6).all() and (a[1] >= 12).all() and (a[1] <= 26).all()
+    assert (a[2] == 1).all()  # response shorter than a block: the latest valid anchor
+
+
+def test_few_steps_reduce_loss(target, tmp_path):
+    gen = torch.Generator().manual_seed(0)
+    # Target-regenerated data: the target's own greedy continuations of random prompts.
+    prompts = torch.randint(0, 256, (24, 8), generator=gen)
+    seqs = target.generate(prompts, max_new_tokens=24, do_sample=False, pad_token_id=0)
+    data = tmp_path / "data.jsonl"
+    data.write_text("".join(
+        json.dumps({"prompt_ids": s[:8].tolist(), "response_ids": s[8:].tolist()}) + "\n" for s in seqs
+    ))
+    drafter = make_drafter(target)
+    embed, lm_head = target.get_input_embeddings().weight, target.get_output_embeddings().weight
+    ids = seqs[:8]
+    anchors = sample_anchors(torch.full((8,), ids.shape[1]), torch.full((8,), 8), BLOCK, 6, gen)
+    feats = target_features(target, ids, drafter.target_layer_ids)
+    with torch.no_grad():
+        before = dflash_loss(drafter, embed, lm_head, feats, ids, anchors, 7.0).item()
+    train_drafter(target, drafter, data, tmp_path, TrainConfig(steps=40, batch=8, anchors=6, lr=3e-3))
+    with torch.no_grad():
+        after = dflash_loss(drafter, embed, lm_head, feats, ids, anchors, 7.0).item()
+    assert after < 0.8 * before, (before, after)
+    assert (tmp_path / "train_state.pt").is_file()  # checkpoint for resuming
+
+
+def test_input_validation(target, tmp_path):
+    with pytest.raises(TrainingInputError, match="block size must be >= 2"):
+        check_target(target, [1, 2], 1)
+    with pytest.raises(TrainingInputError, match=r"ids must be in 0\.\.2"):
+        check_target(target, [1, 3], 4)
+
+    class NoHidden(torch.nn.Module):
+        config = target.config
+        device = torch.device("cpu")
+
+        def forward(self, ids, output_hidden_states=False):
+            return type("Out", (), {"logits": torch.zeros(1, 2, 258), "hidden_states": None})()
+
+    with pytest.raises(TrainingInputError, match="does not return per-layer hidden states"):
+        check_target(NoHidden(), [1, 2], 4)
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n")
+    with pytest.raises(TrainingInputError, match="has no prompts"):
+        load_prompts(empty)
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"question": "x"}\n')
+    with pytest.raises(TrainingInputError, match="string 'prompt'"):
+        load_prompts(bad)
+
+
+def test_cli_end_to_end_writes_a_dflash_checkpoint(tiny_pair, tmp_path, capsys):
+    target_path, _ = tiny_pair("random")
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("def f(x):\nclass A:\nimport os\nfor i in range(3):\n")
+    out = tmp_path / "draft"
+    train_main(["--target", str(target_path), "--prompts", str(prompts), "--out", str(out),
+                "--block-size", "4", "--target-layer-ids", "1,2", "--steps", "3", "--batch", "2",
+                "--anchors", "2", "--max-new-tokens", "12", "--device", "cpu"])
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["architectures"] == ["DFlashDraftModel"] and cfg["block_size"] == 4
+    assert cfg["dflash_config"] == {"mask_token_id": 257, "target_layer_ids": [1, 2]}
+    assert len((out / "regenerated.jsonl").read_text().splitlines()) == 4
+    with pytest.raises(SystemExit, match="ids must be in"):
+        train_main(["--target", str(target_path), "--prompts", str(prompts), "--out", str(out),
+                    "--target-layer-ids", "0,3", "--device", "cpu"])
