@@ -13,31 +13,17 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import random
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
-from sgl_dflash.training.corpus import read_texts, stdlib_files
+from sgl_dflash.training.corpus import heldout_prompts
 from sgl_dflash.training.dflash_trainer import load_target
 from sgl_dflash.training.drafter import DFlashDrafter
 from sgl_dflash.training.reference_decoder import dflash_proposer, ngram_proposer, speculative_greedy
 
 ASSETS = Path(__file__).resolve().parent.parent / "sgl_dflash" / "assets"
-
-
-def heldout_prompts(tokenizer, n: int, length: int, seed: int = 0) -> list[list[int]]:
-    """Token windows from standard-library files the target and drafter never trained on."""
-    rng = random.Random(seed)
-    docs = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in read_texts(stdlib_files("heldout"))]
-    docs = [d for d in docs if len(d) > length + 1]
-    out = []
-    for _ in range(n):
-        d = rng.choice(docs)
-        s = rng.randrange(0, len(d) - length)
-        out.append(d[s : s + length])
-    return out
 
 
 def main() -> None:

@@ -8,7 +8,7 @@ bash launch/setup.sh
 ASSETS=sgl_dflash/assets
 case "${1:-}" in
   target)
-    .venv/bin/python -m sgl_dflash.training.train_target "$ASSETS/tiny-target" --steps 1800 ;;
+    .venv/bin/python -m sgl_dflash.training.train_target "$ASSETS/tiny-target" --steps 3600 ;;
   draft)
     mkdir -p .cache/train
     .venv/bin/python -m sgl_dflash.training.stdlib_prompts .cache/train/prompts.jsonl \

@@ -31,6 +31,7 @@ from sglang.srt.model_executor.forward_batch_info import (
     ForwardBatch,
     ForwardMode,
     compute_position,
+    enable_num_token_non_padded,
 )
 from sglang.srt.speculative.dflash_info import DFlashVerifyInput
 from sglang.srt.speculative.dflash_info_v2 import DFlashDraftInputV2
@@ -87,6 +88,9 @@ class SglDFlashWorker(DFlashWorkerV2):
             return self._idle(on_publish)
         if not isinstance(batch.spec_info, DFlashDraftInputV2):
             raise RuntimeError(f"{ALGORITHM_NAME} expected DFlash draft state on the batch.")
+        if batch.seq_lens.is_cuda:
+            # Under overlap scheduling seq_lens may come from another stream.
+            batch.seq_lens.record_stream(torch.cuda.current_stream())
         block = self._schedule(batch)
         candidates = self._draft(batch, block)
         logits_output, target_top1, can_run_graph = self._verify(
@@ -198,6 +202,8 @@ class SglDFlashWorker(DFlashWorkerV2):
         bs, size = block.ids.shape
         target = self.target_worker.model_runner.model
         embeds = target.get_input_embeddings()(block.ids).view(bs * size, -1)
+        if self._noise_embed_scale != 1.0:  # targets that scale their embeddings (e.g. Gemma)
+            embeds = embeds * self._noise_embed_scale
         lens_cpu, lens_sum = self._window_lens_cpu(batch)
         forward_batch = ForwardBatch(
             forward_mode=ForwardMode.TARGET_VERIFY,
@@ -213,12 +219,22 @@ class SglDFlashWorker(DFlashWorkerV2):
             spec_algorithm=SpeculativeAlgorithm.DFLASH,
             spec_info=self._draft_block_spec_info,
             capture_hidden_mode=CaptureHiddenMode.NULL,
+            num_token_non_padded=(
+                torch.full((), bs * size, dtype=torch.int32, device=self.device)
+                if enable_num_token_non_padded()
+                else None
+            ),
             global_num_token_non_padded_cpu=bs * size,
             can_run_decode_cuda_graph=batch.can_run_decode_cuda_graph,
         )
         block.kv_loc_plan.bind(forward_batch, self.draft_model_runner.kv_index_translator)
         with torch.inference_mode():
-            hidden = self.draft_model_runner.forward(forward_batch).logits_output.hidden_states
+            out = self.draft_model_runner.forward(forward_batch)
+        if self._draft_sampler is not None and out.can_run_graph:
+            # The greedy head ran inside the captured draft graph.
+            drafts = self._draft_sampler.out[: bs * (size - 1)].view(bs, size - 1)
+            return torch.cat([block.ids[:, :1], drafts], dim=1)
+        hidden = out.logits_output.hidden_states
         if hidden is None:
             raise RuntimeError(f"{ALGORITHM_NAME}: draft forward returned no hidden states.")
         hidden = hidden[: bs * size].view(bs, size, -1)[:, 1:, :]

@@ -7,6 +7,7 @@ the same on every machine with the same Python version.
 from __future__ import annotations
 
 import hashlib
+import random
 import sysconfig
 from pathlib import Path
 
@@ -31,3 +32,16 @@ def stdlib_files(split: str = "train", max_bytes: int = 200_000) -> list[Path]:
 
 def read_texts(files: list[Path]) -> list[str]:
     return [f.read_text(encoding="utf-8", errors="replace") for f in files]
+
+
+def heldout_prompts(tokenizer, n: int, length: int, seed: int = 0) -> list[list[int]]:
+    """n token windows of the given length from held-out files (never trained on)."""
+    rng = random.Random(seed)
+    docs = tokenizer(read_texts(stdlib_files("heldout")), add_special_tokens=False)["input_ids"]
+    docs = [d for d in docs if len(d) > length + 1]
+    out = []
+    for _ in range(n):
+        d = rng.choice(docs)
+        s = rng.randrange(0, len(d) - length)
+        out.append(d[s : s + length])
+    return out

@@ -1,9 +1,9 @@
 """Train the tiny real target: a byte-level BPE tokenizer and a small Qwen3 LM
 on CPython's standard library source (offline on every machine).
 
-    python -m sgl_dflash.training.train_target OUT_DIR [--steps 1800]
+    python -m sgl_dflash.training.train_target OUT_DIR [--steps 3600]
 
-About 15 minutes on 2 CPU cores with the defaults. Checkpoints every 200 steps
+About 16 minutes on 2 CPU cores with the defaults. Checkpoints every 200 steps
 to OUT_DIR/train_state.pt and resumes from it when rerun; the final model is
 saved in Hugging Face format (config.json, model.safetensors, tokenizer).
 """
@@ -86,7 +86,7 @@ def lr_at(step: int, steps: int, peak: float, warmup: int = 100) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("out", type=Path)
-    ap.add_argument("--steps", type=int, default=1800)
+    ap.add_argument("--steps", type=int, default=3600)
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--vocab", type=int, default=1024)
