@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -80,8 +81,9 @@ def run(args: argparse.Namespace) -> Path:
     regenerate(target, tokenizer, prompts, data, max_new_tokens=args.max_new_tokens,
                temperature=args.temperature, batch=args.regen_batch)
 
+    target_cfg = json.loads((args.target / "config.json").read_text())  # what SGLang reads
     drafter = DFlashDrafter.from_target_config(
-        target.config.to_dict(), num_layers=args.draft_layers, block_size=args.block_size,
+        target_cfg.get("text_config", target_cfg), num_layers=args.draft_layers, block_size=args.block_size,
         target_layer_ids=layer_ids, mask_token_id=mask_id,
     ).to(target.device)
     cfg = TrainConfig(steps=args.steps, batch=args.batch, anchors=args.anchors, lr=args.lr,

@@ -27,15 +27,20 @@ BLOCK = 4
 
 
 @pytest.fixture(scope="module")
-def target(tiny_pair):
-    model, _ = load_target(tiny_pair("random")[0], "cpu")
+def target_path(tiny_pair):
+    return tiny_pair("random")[0]
+
+
+@pytest.fixture(scope="module")
+def target(target_path):
+    model, _ = load_target(target_path, "cpu")
     return model
 
 
-def make_drafter(target, block=BLOCK, seed=0) -> DFlashDrafter:
+def make_drafter(target_path, block=BLOCK, seed=0) -> DFlashDrafter:
     torch.manual_seed(seed)
     return DFlashDrafter.from_target_config(
-        target.config.to_dict(), num_layers=2, block_size=block, target_layer_ids=[1, 2], mask_token_id=257
+        json.loads((target_path / "config.json").read_text()), num_layers=2, block_size=block, target_layer_ids=[1, 2], mask_token_id=257
     )
 
 
@@ -58,8 +63,8 @@ def reference_loss(drafter, embed, lm_head, feats, ids, anchors, gamma) -> torch
     return total / norm
 
 
-def test_loss_and_masking_match_per_block_reference(target):
-    drafter = make_drafter(target)
+def test_loss_and_masking_match_per_block_reference(target, target_path):
+    drafter = make_drafter(target_path)
     gen = torch.Generator().manual_seed(3)
     ids = torch.randint(0, 256, (3, 20), generator=gen)
     anchors = torch.tensor([[1, 5, 16], [3, 3, 9], [10, 2, 7]])  # includes a repeated anchor
@@ -82,7 +87,7 @@ def test_position_weights_and_anchor_range():
     assert (a[2] == 1).all()  # response shorter than a block: the latest valid anchor
 
 
-def test_few_steps_reduce_loss(target, tmp_path):
+def test_few_steps_reduce_loss(target, target_path, tmp_path):
     gen = torch.Generator().manual_seed(0)
     # Target-regenerated data: the target's own greedy continuations of random prompts.
     prompts = torch.randint(0, 256, (24, 8), generator=gen)
@@ -91,7 +96,7 @@ def test_few_steps_reduce_loss(target, tmp_path):
     data.write_text("".join(
         json.dumps({"prompt_ids": s[:8].tolist(), "response_ids": s[8:].tolist()}) + "\n" for s in seqs
     ))
-    drafter = make_drafter(target)
+    drafter = make_drafter(target_path)
     embed, lm_head = target.get_input_embeddings().weight, target.get_output_embeddings().weight
     ids = seqs[:8]
     anchors = sample_anchors(torch.full((8,), ids.shape[1]), torch.full((8,), 8), BLOCK, 6, gen)

@@ -11,7 +11,6 @@ matter most, since a draft is only useful up to its first mistake.
 from __future__ import annotations
 
 import json
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +21,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from sgl_dflash.training.drafter import DFlashDrafter
+from sgl_dflash.training.optim import lr_at, optimizer_step
 
 
 class TrainingInputError(ValueError):
@@ -231,13 +231,8 @@ def train_drafter(
         anchors = sample_anchors(lengths, torch.tensor([starts[i] for i in pick]), drafter.block_size,
                                  cfg.anchors, gen).to(dev)
         feats = target_features(target, ids, drafter.target_layer_ids)
-        for group in opt.param_groups:
-            group["lr"] = cfg.lr * min(1.0, (step + 1) / 50) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / cfg.steps)))
         loss = dflash_loss(drafter, embed, lm_head, feats, ids, anchors, cfg.gamma)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(drafter.parameters(), 1.0)
-        opt.step()
+        optimizer_step(opt, loss, lr_at(step, cfg.steps, cfg.lr, warmup=50))
         step += 1
         bar.update(1)
         tokens = cfg.batch * cfg.anchors * drafter.block_size

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import time
 from pathlib import Path
 
@@ -21,6 +20,7 @@ from tqdm import tqdm
 
 from sgl_dflash.tiny_models import CHAT_TEMPLATE, EOS, MASK
 from sgl_dflash.training.corpus import read_texts, stdlib_files
+from sgl_dflash.training.optim import lr_at, optimizer_step
 
 SEQ_LEN = 128
 
@@ -76,13 +76,6 @@ def model_config(vocab_size: int, eos_id: int) -> dict:
     }
 
 
-def lr_at(step: int, steps: int, peak: float, warmup: int = 100) -> float:
-    if step < warmup:
-        return peak * (step + 1) / warmup
-    progress = (step - warmup) / max(1, steps - warmup)
-    return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("out", type=Path)
@@ -126,13 +119,8 @@ def main() -> None:
         t0 = time.perf_counter()
         starts = torch.randint(0, data.numel() - SEQ_LEN - 1, (args.batch,))
         batch = torch.stack([data[s : s + SEQ_LEN + 1] for s in starts.tolist()])
-        for group in opt.param_groups:
-            group["lr"] = lr_at(step, args.steps, args.lr)
         loss = model(input_ids=batch[:, :-1], labels=batch[:, :-1].clone()).loss
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
+        optimizer_step(opt, loss, lr_at(step, args.steps, args.lr, warmup=100))
         step += 1
         bar.update(1)
         bar.set_postfix(loss=f"{loss.item():.3f}", tok_s=f"{batch.numel() / (time.perf_counter() - t0):.0f}")
