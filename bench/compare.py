@@ -5,7 +5,8 @@ same greedy workload at every concurrency, and prints tokens/s, the ratio to
 plain decoding and to the built-in DFLASH, and the mean accept length
 (committed tokens per verify step). Writes the table to --out as markdown.
 
-    python bench/compare.py                       # tiny CPU models (made on the fly)
+    python bench/compare.py                       # the shipped trained tiny pair, on CPU
+    python bench/compare.py --flavour zero_head   # a made-up pair where every draft is accepted
     python bench/compare.py --target T --draft D --device cuda --block 16
 """
 
@@ -13,32 +14,31 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import platform
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from transformers import AutoTokenizer
+
 from sgl_dflash.launcher import Server
+from sgl_dflash.training.corpus import heldout_prompts
 from sgl_dflash.tiny_models import make_pair
 
-PROMPTS = [
-    "def quicksort(items):\n", "The history of the printing press", "import os\nimport sys\n",
-    "Dear colleague,\n", "SELECT * FROM orders WHERE", "Once upon a time", "1 2 3 4 5",
-    "# Configuration file\n",
-]
+ASSETS = Path(__file__).resolve().parent.parent / "sgl_dflash" / "assets"
+
 MODES = [("plain", None), ("DFLASH", "DFLASH"), ("SGL_DFLASH", "SGL_DFLASH")]
 
 
-def run_workload(server: Server, n_requests: int, concurrency: int, max_tokens: int) -> dict:
-    jobs = [PROMPTS[i % len(PROMPTS)] + f" #{i}" for i in range(n_requests)]
-
-    def one(prompt: str) -> dict:
+def run_workload(server: Server, prompts: list[list[int]], concurrency: int, max_tokens: int) -> dict:
+    def one(prompt: list[int]) -> dict:
         return server.generate(prompt, max_new_tokens=max_tokens, temperature=0, ignore_eos=True)
 
     start = time.perf_counter()
     with ThreadPoolExecutor(concurrency) as pool:
-        outs = list(pool.map(one, jobs))
+        outs = list(pool.map(one, prompts))
     wall = time.perf_counter() - start
     tokens = sum(o["meta_info"]["completion_tokens"] for o in outs)
     steps = sum(o["meta_info"].get("spec_verify_ct", 0) for o in outs)
@@ -49,8 +49,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--target", type=Path)
     ap.add_argument("--draft", type=Path)
-    ap.add_argument("--flavour", default="zero_head", help="tiny pair to make when no --target")
-    ap.add_argument("--block", type=int, default=4)
+    ap.add_argument("--flavour", help="make a tiny pair of this flavour (random, zero_head, chain) instead")
+    ap.add_argument("--block", type=int, help="default: the draft's block_size")
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--requests", type=int, default=16)
     ap.add_argument("--concurrency", default="1,8")
@@ -59,17 +59,23 @@ def main() -> None:
     args = ap.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="sgl_dflash_bench_"))
-    if args.target is None:
-        args.target, args.draft = make_pair(work / args.flavour, flavour=args.flavour, block_size=args.block)
+    if args.flavour:
+        args.target, args.draft = make_pair(work / args.flavour, flavour=args.flavour, block_size=args.block or 4)
+    elif args.target is None:
+        args.target, args.draft = ASSETS / "tiny-target", ASSETS / "tiny-draft"
+    if args.block is None:
+        args.block = json.loads((args.draft / "config.json").read_text())["block_size"]
     levels = [int(c) for c in args.concurrency.split(",")]
+    # Code-completion workload: held-out windows of the Python standard library.
+    prompts = heldout_prompts(AutoTokenizer.from_pretrained(args.target), args.requests, 64, seed=2)
     results: dict[tuple[str, int], dict] = {}
     for name, algorithm in MODES:
         spec = {} if algorithm is None else {"draft": args.draft, "algorithm": algorithm, "block_size": args.block}
         print(f"[bench] starting {name} server ...", flush=True)
         with Server(args.target, work / f"{name}.log", device=args.device, **spec) as server:
-            server.generate("warm up", max_new_tokens=8, temperature=0)
+            server.generate(prompts[0], max_new_tokens=8, temperature=0)
             for c in levels:
-                results[name, c] = r = run_workload(server, args.requests, c, args.max_tokens)
+                results[name, c] = r = run_workload(server, prompts, c, args.max_tokens)
                 print(f"[bench] {name:<11} concurrency {c:>3}: {r['tok_s']:8.1f} tok/s  tau {r['tau']:.2f}", flush=True)
 
     same = all(
