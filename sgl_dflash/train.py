@@ -6,8 +6,9 @@
    default or sampled with --temperature), so the drafter learns the target's
    own distribution; written to DRAFT_DIR/regenerated.jsonl, resumable.
 2. train: Qwen3-style draft layers over the target's hidden states at
-   --target-layer-ids, random anchors, block-wise cross entropy weighted by
-   exp(-(k-1)/gamma); the target embedding and lm_head are frozen and borrowed.
+   --target-layer-ids, random anchors, block-wise cross entropy (against the
+   target's next-token distribution) weighted by exp(-(k-1)/gamma); the target embedding and lm_head are frozen and borrowed;
+   the draft layers start as copies of the target's top layers.
    Checkpoints to DRAFT_DIR/train_state.pt and resumes from it.
 3. save: DRAFT_DIR/config.json + model.safetensors in the DFlash draft format,
    loadable by `--speculative-algorithm SGL_DFLASH --speculative-draft-model-path DRAFT_DIR`.
@@ -58,6 +59,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--anchors", type=int, default=TrainConfig.anchors, help="anchors per sequence")
     ap.add_argument("--lr", type=float, default=TrainConfig.lr)
     ap.add_argument("--gamma", type=float, default=TrainConfig.gamma)
+    ap.add_argument("--distill", action=argparse.BooleanOptionalAction, default=True,
+                    help="soft labels (the target's next-token distribution) instead of the regenerated tokens")
+    ap.add_argument("--init-from-target", action=argparse.BooleanOptionalAction, default=True,
+                    help="start the draft layers as copies of the target's top layers (default: on)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     return ap.parse_args(argv)
@@ -86,8 +91,11 @@ def run(args: argparse.Namespace) -> Path:
         target_cfg.get("text_config", target_cfg), num_layers=args.draft_layers, block_size=args.block_size,
         target_layer_ids=layer_ids, mask_token_id=mask_id,
     ).to(target.device)
+    if args.init_from_target and not (args.out / "train_state.pt").is_file():
+        copied = drafter.init_from_target(target.get_decoder().layers)
+        print(f"[train] draft layers start from target layers {copied}")
     cfg = TrainConfig(steps=args.steps, batch=args.batch, anchors=args.anchors, lr=args.lr,
-                      gamma=args.gamma, seed=args.seed)
+                      gamma=args.gamma, seed=args.seed, distill=args.distill)
     train_drafter(target, drafter, data, args.out, cfg)
     drafter.save_pretrained(args.out)
     (args.out / "train_state.pt").unlink(missing_ok=True)

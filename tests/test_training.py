@@ -44,7 +44,7 @@ def make_drafter(target_path, block=BLOCK, seed=0) -> DFlashDrafter:
     )
 
 
-def reference_loss(drafter, embed, lm_head, feats, ids, anchors, gamma) -> torch.Tensor:
+def reference_loss(drafter, embed, lm_head, feats, ids, anchors, gamma, teacher=None) -> torch.Tensor:
     """One block at a time, with only its own context: no batching, no attention mask."""
     w = position_weights(drafter.block_size, gamma)
     total, norm = 0.0, 0.0
@@ -57,7 +57,8 @@ def reference_loss(drafter, embed, lm_head, feats, ids, anchors, gamma) -> torch
                 embed[block][None], torch.arange(a, a + b)[None], ctx[None], torch.arange(a)[None],
                 torch.ones(1, b, a + b, dtype=torch.bool),
             )[0]
-            ce = F.cross_entropy(hidden @ lm_head.T, ids[s, a : a + b], reduction="none")
+            labels = ids[s, a : a + b] if teacher is None else teacher[s, a - 1 : a + b - 1].softmax(-1)
+            ce = F.cross_entropy(hidden @ lm_head.T, labels, reduction="none")
             total = total + (ce[1:] * w[1:]).sum()
             norm += float(w[1:].sum())
     return total / norm
@@ -73,6 +74,11 @@ def test_loss_and_masking_match_per_block_reference(target, target_path):
     lm_head = target.get_output_embeddings().weight
     got = dflash_loss(drafter, embed, lm_head, feats, ids, anchors, gamma=7.0)
     ref = reference_loss(drafter, embed, lm_head, feats, ids, anchors, gamma=7.0)
+    torch.testing.assert_close(got, ref)
+    # Distillation: soft labels from the target's logits one position earlier.
+    logits = target(ids).logits
+    got = dflash_loss(drafter, embed, lm_head, feats, ids, anchors, gamma=7.0, teacher_logits=logits)
+    ref = reference_loss(drafter, embed, lm_head, feats, ids, anchors, gamma=7.0, teacher=logits)
     torch.testing.assert_close(got, ref)
 
 
@@ -108,6 +114,15 @@ def test_few_steps_reduce_loss(target, target_path, tmp_path):
         after = dflash_loss(drafter, embed, lm_head, feats, ids, anchors, 7.0).item()
     assert after < 0.8 * before, (before, after)
     assert (tmp_path / "train_state.pt").is_file()  # checkpoint for resuming
+
+
+def test_init_from_target_copies_the_top_layers(target, target_path):
+    drafter = make_drafter(target_path)
+    layers = target.get_decoder().layers
+    assert drafter.init_from_target(layers) == [len(layers) - 2, len(layers) - 1]
+    for mine, theirs in zip(drafter.layers, layers[-2:]):
+        for name, value in theirs.state_dict().items():
+            torch.testing.assert_close(mine.state_dict()[name], value)
 
 
 def test_input_validation(target, tmp_path):

@@ -4,8 +4,10 @@ For an anchor position a in a sequence x, the drafter sees the target's hidden
 states of x[:a] as context and the block [x_a, MASK x (B-1)] at positions
 a..a+B-1 (exactly what the SGL_DFLASH worker feeds it after committing x[:a+1]
 with x_a as the bonus token), and must predict x_{a+k} at block position k.
-Position k's cross entropy is weighted by exp(-(k-1)/gamma): early positions
-matter most, since a draft is only useful up to its first mistake.
+Position k's cross entropy (by default against the target's own next-token
+distribution there, which has the regenerated token as its argmax) is weighted
+by exp(-(k-1)/gamma): early positions matter most, since a draft is only
+useful up to its first mistake.
 """
 
 from __future__ import annotations
@@ -51,10 +53,15 @@ def check_target(target, layer_ids: list[int], block_size: int) -> None:
 
 
 @torch.no_grad()
+def target_pass(target, input_ids: torch.Tensor, layer_ids: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """One target forward: (hidden states after each layer in layer_ids, concatenated
+    [S, T, len(ids) * H]; next-token logits [S, T, V])."""
+    out = target(input_ids, output_hidden_states=True)
+    return torch.cat([out.hidden_states[i + 1] for i in layer_ids], dim=-1), out.logits
+
+
 def target_features(target, input_ids: torch.Tensor, layer_ids: list[int]) -> torch.Tensor:
-    """Concatenated hidden states after each target layer in layer_ids: [S, T, len(ids) * H]."""
-    hidden = target(input_ids, output_hidden_states=True).hidden_states
-    return torch.cat([hidden[i + 1] for i in layer_ids], dim=-1)
+    return target_pass(target, input_ids, layer_ids)[0]
 
 
 # ------------------------------------------------------------------- the loss
@@ -107,13 +114,22 @@ def dflash_loss(
     input_ids: torch.Tensor,  # [S, T]
     anchors: torch.Tensor,  # [S, M]
     gamma: float,
+    teacher_logits: Optional[torch.Tensor] = None,  # [S, T, V] target logits: distill instead
 ) -> torch.Tensor:
+    """Weighted block cross entropy against the sequence's tokens, or, with
+    teacher_logits, against the target's whole next-token distribution (same
+    argmax on greedy data, far more signal per block)."""
     blocks = build_blocks(input_ids, anchors, drafter.block_size, drafter.mask_token_id, gamma)
     ctx = drafter.project_context(features)
     ctx_pos = torch.arange(input_ids.shape[1], device=input_ids.device).expand(input_ids.shape)
     hidden = drafter(F.embedding(blocks.ids, embed), blocks.positions, ctx, ctx_pos, blocks.mask)
-    logits = hidden @ lm_head.T
-    ce = F.cross_entropy(logits.flatten(0, 1).float(), blocks.labels.flatten(), reduction="none")
+    logp = (hidden @ lm_head.T).float().log_softmax(-1)
+    if teacher_logits is None:
+        ce = F.nll_loss(logp.flatten(0, 1), blocks.labels.flatten(), reduction="none")
+    else:
+        # The target's distribution for x_{a+k} is its output at position a+k-1.
+        rows = (blocks.positions - 1).clamp(min=0)[..., None].expand_as(logp)
+        ce = -(teacher_logits.gather(1, rows).float().softmax(-1) * logp).sum(-1).flatten()
     w = blocks.weights.flatten() * (blocks.labels.flatten() != -100)
     return (ce * w).sum() / w.sum()
 
@@ -192,6 +208,7 @@ class TrainConfig:
     max_len: int = 256
     seed: int = 0
     checkpoint_every: int = 100
+    distill: bool = True  # soft labels: the target's next-token distribution
 
 
 def train_drafter(
@@ -230,8 +247,9 @@ def train_drafter(
         lengths = torch.tensor([len(seqs[i]) for i in pick])
         anchors = sample_anchors(lengths, torch.tensor([starts[i] for i in pick]), drafter.block_size,
                                  cfg.anchors, gen).to(dev)
-        feats = target_features(target, ids, drafter.target_layer_ids)
-        loss = dflash_loss(drafter, embed, lm_head, feats, ids, anchors, cfg.gamma)
+        feats, logits = target_pass(target, ids, drafter.target_layer_ids)
+        loss = dflash_loss(drafter, embed, lm_head, feats, ids, anchors, cfg.gamma,
+                           logits if cfg.distill else None)
         optimizer_step(opt, loss, lr_at(step, cfg.steps, cfg.lr, warmup=50))
         step += 1
         bar.update(1)

@@ -149,6 +149,27 @@ class DFlashDrafter(nn.Module):
         )
         return cls(cfg)
 
+    def init_from_target(self, target_layers: nn.ModuleList) -> list[int]:
+        """Start draft layer j as a copy of target layer L-n+j (the target's top n layers).
+
+        The drafter does the target's last layers' job on the block, so starting
+        from them trains much faster than from noise. Tensors whose shape differs
+        (e.g. other head counts) and names the target lacks (Llama has no q/k
+        norm) keep their fresh init. Returns the target layer ids copied from.
+        """
+        n, sources = len(self.layers), []
+        for j, layer in enumerate(self.layers):
+            src_id = len(target_layers) - n + j
+            if src_id < 0:
+                continue
+            mine = layer.state_dict()
+            theirs = {k: v for k, v in target_layers[src_id].state_dict().items()
+                      if k in mine and v.shape == mine[k].shape}
+            if theirs:
+                layer.load_state_dict(theirs, strict=False)
+                sources.append(src_id)
+        return sources
+
     def save_pretrained(self, path: Path) -> None:
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
