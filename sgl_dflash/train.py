@@ -7,8 +7,9 @@
    own distribution; written to DRAFT_DIR/regenerated.jsonl, resumable.
 2. train: Qwen3-style draft layers over the target's hidden states at
    --target-layer-ids, random anchors, block-wise cross entropy (against the
-   target's next-token distribution) weighted by exp(-(k-1)/gamma); the target embedding and lm_head are frozen and borrowed;
-   the draft layers start as copies of the target's top layers.
+   target's next-token distribution) weighted by exp(-(k-1)/gamma); the target
+   embedding and lm_head are frozen and borrowed; the draft layers start as
+   copies of the target's top layers.
    Checkpoints to DRAFT_DIR/train_state.pt and resumes from it.
 3. save: DRAFT_DIR/config.json + model.safetensors in the DFlash draft format,
    loadable by `--speculative-algorithm SGL_DFLASH --speculative-draft-model-path DRAFT_DIR`.

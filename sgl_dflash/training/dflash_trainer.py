@@ -61,6 +61,7 @@ def target_pass(target, input_ids: torch.Tensor, layer_ids: list[int]) -> tuple[
 
 
 def target_features(target, input_ids: torch.Tensor, layer_ids: list[int]) -> torch.Tensor:
+    """Concatenated hidden states after each target layer in layer_ids: [S, T, len(ids) * H]."""
     return target_pass(target, input_ids, layer_ids)[0]
 
 
