@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import platform
 import tempfile
 import time
@@ -23,6 +22,7 @@ from pathlib import Path
 
 from transformers import AutoTokenizer
 
+from sgl_dflash.draft_checkpoint import validate_draft
 from sgl_dflash.launcher import Server
 from sgl_dflash.training.corpus import heldout_prompts
 from sgl_dflash.tiny_models import make_pair
@@ -63,8 +63,8 @@ def main() -> None:
         args.target, args.draft = make_pair(work / args.flavour, flavour=args.flavour, block_size=args.block or 4)
     elif args.target is None:
         args.target, args.draft = ASSETS / "tiny-target", ASSETS / "tiny-draft"
-    if args.block is None:
-        args.block = json.loads((args.draft / "config.json").read_text())["block_size"]
+    # Resolves the block size as the server does (and fails the same way on a bad draft).
+    args.block = validate_draft(str(args.draft), str(args.target), args.block).block_size
     levels = [int(c) for c in args.concurrency.split(",")]
     # Code-completion workload: held-out windows of the Python standard library.
     prompts = heldout_prompts(AutoTokenizer.from_pretrained(args.target), args.requests, 64, seed=2)

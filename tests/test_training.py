@@ -19,6 +19,7 @@ from sgl_dflash.training.dflash_trainer import (
     position_weights,
     sample_anchors,
     target_features,
+    target_pass,
     train_drafter,
 )
 from sgl_dflash.training.drafter import DFlashDrafter
@@ -69,14 +70,13 @@ def test_loss_and_masking_match_per_block_reference(target, target_path):
     gen = torch.Generator().manual_seed(3)
     ids = torch.randint(0, 256, (3, 20), generator=gen)
     anchors = torch.tensor([[1, 5, 16], [3, 3, 9], [10, 2, 7]])  # includes a repeated anchor
-    feats = target_features(target, ids, drafter.target_layer_ids)
+    feats, logits = target_pass(target, ids, drafter.target_layer_ids)
     embed = target.get_input_embeddings().weight
     lm_head = target.get_output_embeddings().weight
     got = dflash_loss(drafter, embed, lm_head, feats, ids, anchors, gamma=7.0)
     ref = reference_loss(drafter, embed, lm_head, feats, ids, anchors, gamma=7.0)
     torch.testing.assert_close(got, ref)
     # Distillation: soft labels from the target's logits one position earlier.
-    logits = target(ids).logits
     got = dflash_loss(drafter, embed, lm_head, feats, ids, anchors, gamma=7.0, teacher_logits=logits)
     ref = reference_loss(drafter, embed, lm_head, feats, ids, anchors, gamma=7.0, teacher=logits)
     torch.testing.assert_close(got, ref)
