@@ -1,9 +1,10 @@
 """Mean accept length tau and its histogram on held-out prompts, per block size.
 
 Compares the DFlash drafter with two baselines on the same target: no drafter
-(tau = 1) and an n-gram / prompt-lookup drafter. tau = tokens committed per
-target verify pass (accepted drafts + 1). Uses the plain-torch reference
-decoder (identical decisions to the SGL_DFLASH server, see tests).
+(tau = 1) and an n-gram / prompt-lookup drafter, greedy and sampled. tau =
+tokens committed per target verify pass (accepted drafts + 1). Uses the
+plain-torch reference decoder (identical decisions to the SGL_DFLASH server
+when greedy, see tests; the same rejection rule when sampling).
 
     python bench/acceptance.py                      # the shipped tiny pair
     python bench/acceptance.py --target T --draft D --blocks 4,8,16 --out bench/results/x.md
@@ -21,7 +22,7 @@ from tqdm import tqdm
 from sgl_dflash.training.corpus import heldout_prompts
 from sgl_dflash.training.dflash_trainer import load_target
 from sgl_dflash.training.drafter import DFlashDrafter
-from sgl_dflash.training.reference_decoder import dflash_proposer, ngram_proposer, speculative_greedy
+from sgl_dflash.training.reference_decoder import dflash_proposer, ngram_proposer, speculative_decode
 
 ASSETS = Path(__file__).resolve().parent.parent / "sgl_dflash" / "assets"
 
@@ -31,6 +32,7 @@ def main() -> None:
     ap.add_argument("--target", type=Path, default=ASSETS / "tiny-target")
     ap.add_argument("--draft", type=Path, default=ASSETS / "tiny-draft")
     ap.add_argument("--blocks", default="4,8,16")
+    ap.add_argument("--temperatures", default="0,0.7", help="0 = greedy; > 0 = rejection sampling")
     ap.add_argument("--prompts", type=int, default=48)
     ap.add_argument("--prompt-len", type=int, default=64)
     ap.add_argument("--max-new-tokens", type=int, default=96)
@@ -41,61 +43,92 @@ def main() -> None:
     target, tokenizer = load_target(args.target, "cpu")
     drafter = DFlashDrafter.from_pretrained(args.draft).eval()
     prompts = heldout_prompts(tokenizer, args.prompts, args.prompt_len)
+    natural = heldout_prompts(tokenizer, args.prompts, args.prompt_len + args.max_new_tokens, seed=1)
     methods = {"no drafter": None, "n-gram (prompt lookup)": ngram_proposer(), "DFlash (ours)": dflash_proposer(target, drafter)}
     blocks = [int(b) for b in args.blocks.split(",")]
-    rows: dict[tuple[str, int], list[int]] = {}
-    for b in blocks:
-        for name, propose in methods.items():
-            if propose is None and b != blocks[0]:
-                rows[name, b] = rows[name, blocks[0]]
-                continue
-            acc: list[int] = []
-            for p in tqdm(prompts, desc=f"{name}, B={b}", leave=False):
-                acc += speculative_greedy(target, propose, p, args.max_new_tokens, b, tokenizer.eos_token_id)[1]
-            rows[name, b] = acc
-            print(f"B={b:>2} {name:<24} tau={1 + sum(acc) / len(acc):.2f}", flush=True)
+    temps = [float(t) for t in args.temperatures.split(",")]
+    rows: dict[tuple[float, str, int], list[int]] = {}
+    outputs: dict[float, list[list[int]]] = {}
+    for temp in temps:
+        for b in blocks:
+            for name, propose in methods.items():
+                if propose is None and b != blocks[0]:
+                    rows[temp, name, b] = rows[temp, name, blocks[0]]
+                    continue
+                acc: list[int] = []
+                gen = torch.Generator().manual_seed(0)
+                for p in tqdm(prompts, desc=f"T={temp} {name}, B={b}", leave=False):
+                    out, steps = speculative_decode(target, propose, p, args.max_new_tokens, b,
+                                                    tokenizer.eos_token_id, temp, gen)
+                    acc += steps
+                    if propose is None:
+                        outputs.setdefault(temp, []).append(p + out)
+                rows[temp, name, b] = acc
+                print(f"T={temp} B={b:>2} {name:<24} tau={1 + sum(acc) / len(acc):.2f}", flush=True)
 
+    repetition = "; ".join(f"{lookup_hit_rate(outputs[t], args.prompt_len):.0%} at temperature {t:g}" for t in temps)
     lines = [
         f"# Acceptance on held-out prompts, {datetime.date.today()}",
         "",
         f"target `{args.target}`, draft `{args.draft}` (trained block size {drafter.block_size}); "
-        f"{len(prompts)} held-out stdlib windows of {args.prompt_len} tokens, {args.max_new_tokens} new tokens, greedy.",
+        f"{len(prompts)} held-out stdlib windows of {args.prompt_len} tokens, {args.max_new_tokens} new tokens; "
+        "temperature 0 = greedy, > 0 = sampling with rejection (drafts as point masses, as the server).",
         "tau = tokens committed per verify pass; histogram = share of steps accepting k drafts.",
+        f"Repetition (share of the target's tokens equal to what a 3-gram lookup over the text before them "
+        f"predicts): {repetition}; {lookup_hit_rate(natural, args.prompt_len):.0%} for held-out human-written text.",
         "",
-        "| block | method | tau | histogram k=0,1,2,... |",
-        "|---:|---|---:|---|",
+        "| temperature | block | method | tau | histogram k=0,1,2,... |",
+        "|---:|---:|---|---:|---|",
     ]
-    for b in blocks:
-        for name in methods:
-            acc = rows[name, b]
-            hist = torch.bincount(torch.tensor(acc), minlength=b).tolist() if methods[name] else [len(acc)]
-            shares = " ".join(f"{h / len(acc):.2f}" for h in hist)
-            lines.append(f"| {b} | {name} | {1 + sum(acc) / len(acc):.2f} | {shares} |")
+    for temp in temps:
+        for b in blocks:
+            for name in methods:
+                acc = rows[temp, name, b]
+                hist = torch.bincount(torch.tensor(acc), minlength=b).tolist() if methods[name] else [len(acc)]
+                shares = " ".join(f"{h / len(acc):.2f}" for h in hist)
+                lines.append(f"| {temp:g} | {b} | {name} | {1 + sum(acc) / len(acc):.2f} | {shares} |")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text("\n".join(lines) + "\n")
-    plot(rows, blocks, list(methods), args.out.with_suffix(".png"))
+    plot(rows, temps, blocks, list(methods), args.out.with_suffix(".png"))
     print("\n".join(lines))
     print(f"\nwrote {args.out} and {args.out.with_suffix('.png')}")
 
 
-def plot(rows, blocks, names, path: Path) -> None:
+def lookup_hit_rate(seqs: list[list[int]], start: int, n: int = 3) -> float:
+    """Share of tokens at index >= start equal to the token that followed the latest
+    earlier occurrence of the n tokens before them (0 when there is none): how much
+    of the text a prompt-lookup drafter could copy."""
+    hits = total = 0
+    for seq in seqs:
+        for i in range(start, len(seq)):
+            suffix = seq[i - n : i]
+            prev = next((j for j in range(i - n - 1, -1, -1) if seq[j : j + n] == suffix), None)
+            hits += prev is not None and seq[prev + n] == seq[i]
+            total += 1
+    return hits / max(total, 1)
+
+
+def plot(rows, temps, blocks, names, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    fig, axes = plt.subplots(1, len(temps) + 1, figsize=(5.5 * (len(temps) + 1), 4))
     width = 0.8 / len(names)
-    for i, name in enumerate(names):
-        taus = [1 + sum(rows[name, b]) / len(rows[name, b]) for b in blocks]
-        left.bar([j + i * width for j in range(len(blocks))], taus, width, label=name)
-    left.set_xticks([j + width for j in range(len(blocks))], [f"B={b}" for b in blocks])
-    left.set_ylabel("mean accept length tau")
-    left.legend()
-    b = blocks[-1]
-    for name in names[1:]:
-        hist = torch.bincount(torch.tensor(rows[name, b]), minlength=b).float()
-        right.plot(range(b), (hist / hist.sum()).tolist(), marker="o", label=name)
+    for ax, temp in zip(axes, temps):
+        for i, name in enumerate(names):
+            taus = [1 + sum(rows[temp, name, b]) / len(rows[temp, name, b]) for b in blocks]
+            ax.bar([j + i * width for j in range(len(blocks))], taus, width, label=name)
+        ax.set_xticks([j + width for j in range(len(blocks))], [f"B={b}" for b in blocks])
+        ax.set_ylabel("mean accept length tau")
+        ax.set_title("greedy" if temp == 0 else f"temperature {temp:g}")
+        ax.legend()
+    b, right = blocks[-1], axes[-1]
+    for temp in temps:
+        for name in names[1:]:
+            hist = torch.bincount(torch.tensor(rows[temp, name, b]), minlength=b).float()
+            right.plot(range(b), (hist / hist.sum()).tolist(), marker="o", label=f"{name}, T={temp:g}")
     right.set_xlabel(f"drafts accepted per step (B={b})")
     right.set_ylabel("share of steps")
     right.legend()

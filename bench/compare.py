@@ -1,8 +1,11 @@
 """Plain decoding vs built-in DFLASH vs SGL_DFLASH on the same target/draft, side by side.
 
-Starts the three servers one after another on this machine, sends each the
-same greedy workload at every concurrency, and prints tokens/s, the ratio to
-plain decoding and to the built-in DFLASH, and the mean accept length
+Sends the same greedy workload to plain, built-in DFLASH and SGL_DFLASH
+servers, one server at a time (idle SGLang servers poll and would steal CPU),
+in --rounds rounds whose server order rotates, so drift in the machine's
+speed hits all three alike.
+Prints the median tokens/s with its min-max range, the ratios of the medians
+to plain decoding and to the built-in DFLASH, and the mean accept length
 (committed tokens per verify step). Writes the table to --out as markdown.
 
     python bench/compare.py                       # the shipped trained tiny pair, on CPU
@@ -15,6 +18,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import platform
+import statistics
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -55,6 +59,7 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=16)
     ap.add_argument("--concurrency", default="1,8")
     ap.add_argument("--max-tokens", type=int, default=64)
+    ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
 
@@ -68,15 +73,20 @@ def main() -> None:
     levels = [int(c) for c in args.concurrency.split(",")]
     # Code-completion workload: held-out windows of the Python standard library.
     prompts = heldout_prompts(AutoTokenizer.from_pretrained(args.target), args.requests, 64, seed=2)
-    results: dict[tuple[str, int], dict] = {}
-    for name, algorithm in MODES:
-        spec = {} if algorithm is None else {"draft": args.draft, "algorithm": algorithm, "block_size": args.block}
-        print(f"[bench] starting {name} server ...", flush=True)
-        with Server(args.target, work / f"{name}.log", device=args.device, **spec) as server:
-            server.generate(prompts[0], max_new_tokens=8, temperature=0)
-            for c in levels:
-                results[name, c] = r = run_workload(server, prompts, c, args.max_tokens)
-                print(f"[bench] {name:<11} concurrency {c:>3}: {r['tok_s']:8.1f} tok/s  tau {r['tau']:.2f}", flush=True)
+    runs: dict[tuple[str, int], list[dict]] = {(name, c): [] for name, _ in MODES for c in levels}
+    for r in range(args.rounds):
+        for name, algorithm in MODES[r % len(MODES):] + MODES[: r % len(MODES)]:
+            spec = {} if algorithm is None else {"draft": args.draft, "algorithm": algorithm, "block_size": args.block}
+            print(f"[bench] round {r + 1}/{args.rounds}: starting {name} server ...", flush=True)
+            with Server(args.target, work / f"{name}.log", device=args.device, **spec) as server:
+                server.generate(prompts[0], max_new_tokens=8, temperature=0)
+                for c in levels:
+                    runs[name, c].append(out := run_workload(server, prompts, c, args.max_tokens))
+                    print(f"[bench] {name:<11} concurrency {c:>3}: {out['tok_s']:8.1f} tok/s  tau {out['tau']:.2f}",
+                          flush=True)
+    results = {key: {"tok_s": statistics.median(o["tok_s"] for o in outs), "lo": min(o["tok_s"] for o in outs),
+                     "hi": max(o["tok_s"] for o in outs), "tau": outs[0]["tau"], "outputs": outs[0]["outputs"]}
+               for key, outs in runs.items()}
 
     same = all(
         [o["output_ids"] for o in results[name, c]["outputs"]] == [o["output_ids"] for o in results["plain", c]["outputs"]]
@@ -87,6 +97,7 @@ def main() -> None:
         "",
         f"device: {args.device} ({platform.processor() or platform.machine()}); target {args.target}; "
         f"draft {args.draft}; block {args.block}; {args.requests} requests x {args.max_tokens} tokens, greedy; "
+        f"{args.rounds} rounds in rotating server order (median tokens/s, min-max in brackets); "
         f"outputs identical across modes: {same}",
         "",
         "| concurrency | mode | tokens/s | vs plain | vs built-in DFLASH | accept length |",
@@ -96,7 +107,8 @@ def main() -> None:
         for name, _ in MODES:
             r = results[name, c]
             lines.append(
-                f"| {c} | {name} | {r['tok_s']:.1f} | {r['tok_s'] / results['plain', c]['tok_s']:.2f}x | "
+                f"| {c} | {name} | {r['tok_s']:.1f} [{r['lo']:.0f}-{r['hi']:.0f}] | "
+                f"{r['tok_s'] / results['plain', c]['tok_s']:.2f}x | "
                 f"{r['tok_s'] / results['DFLASH', c]['tok_s']:.2f}x | {r['tau']:.2f} |"
             )
     table = "\n".join(lines)

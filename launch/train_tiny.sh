@@ -16,7 +16,7 @@ case "${1:-}" in
     .venv/bin/python -m sgl_dflash.train --target "$ASSETS/tiny-target" \
       --prompts .cache/train/prompts.jsonl --out .cache/train/tiny-draft \
       --block-size 16 --draft-layers 2 --target-layer-ids 0,1,2 --max-new-tokens 128 \
-      --steps 5500 --batch 16 --anchors 8 --lr 3e-3 --gamma 3 --device cpu
+      --steps 8000 --batch 16 --anchors 8 --lr 3e-3 --gamma 3 --device cpu --cache-target-states
     mkdir -p "$ASSETS/tiny-draft"
     cp .cache/train/tiny-draft/config.json .cache/train/tiny-draft/model.safetensors "$ASSETS/tiny-draft/" ;;
   *) echo "usage: $0 target|draft" >&2; exit 2 ;;

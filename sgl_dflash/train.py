@@ -64,6 +64,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     help="soft labels (the target's next-token distribution) instead of the regenerated tokens")
     ap.add_argument("--init-from-target", action=argparse.BooleanOptionalAction, default=True,
                     help="start the draft layers as copies of the target's top layers (default: on)")
+    ap.add_argument("--cache-target-states", action="store_true",
+                    help="run the target once per sequence and keep its states in memory "
+                         "((len(layer ids) + 1) x hidden values per token) instead of once per step")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     return ap.parse_args(argv)
@@ -96,7 +99,8 @@ def run(args: argparse.Namespace) -> Path:
         copied = drafter.init_from_target(target.get_decoder().layers)
         print(f"[train] draft layers start from target layers {copied}")
     cfg = TrainConfig(steps=args.steps, batch=args.batch, anchors=args.anchors, lr=args.lr,
-                      gamma=args.gamma, seed=args.seed, distill=args.distill)
+                      gamma=args.gamma, seed=args.seed, distill=args.distill,
+                      cache_target_states=args.cache_target_states)
     train_drafter(target, drafter, data, args.out, cfg)
     drafter.save_pretrained(args.out)
     (args.out / "train_state.pt").unlink(missing_ok=True)

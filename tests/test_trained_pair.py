@@ -16,7 +16,7 @@ import torch
 from sgl_dflash.training.corpus import heldout_prompts
 from sgl_dflash.training.dflash_trainer import load_target
 from sgl_dflash.training.drafter import DFlashDrafter
-from sgl_dflash.training.reference_decoder import dflash_proposer, speculative_greedy
+from sgl_dflash.training.reference_decoder import dflash_proposer, speculative_decode
 
 ASSETS = Path(__file__).resolve().parent.parent / "sgl_dflash" / "assets"
 TARGET, DRAFT = ASSETS / "tiny-target", ASSETS / "tiny-draft"
@@ -40,7 +40,7 @@ def test_server_drafts_match_reference_decoder(setup):
     propose = dflash_proposer(target, drafter)
     for prompt in prompts:
         out = spec.generate(prompt, max_new_tokens=MAX_NEW, temperature=0, ignore_eos=True)
-        ref_tokens, ref_accepted = speculative_greedy(target, propose, prompt, MAX_NEW, drafter.block_size)
+        ref_tokens, ref_accepted = speculative_decode(target, propose, prompt, MAX_NEW, drafter.block_size)
         assert out["output_ids"] == ref_tokens
         meta = out["meta_info"]
         assert meta["spec_verify_ct"] == len(ref_accepted)

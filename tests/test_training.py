@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 from sgl_dflash.train import main as train_main
 from sgl_dflash.training.dflash_trainer import (
+    TargetStates,
     TrainConfig,
     TrainingInputError,
     check_target,
@@ -23,6 +24,7 @@ from sgl_dflash.training.dflash_trainer import (
     train_drafter,
 )
 from sgl_dflash.training.drafter import DFlashDrafter
+from sgl_dflash.training.reference_decoder import dflash_proposer, speculative_decode
 
 BLOCK = 4
 
@@ -70,16 +72,45 @@ def test_loss_and_masking_match_per_block_reference(target, target_path):
     gen = torch.Generator().manual_seed(3)
     ids = torch.randint(0, 256, (3, 20), generator=gen)
     anchors = torch.tensor([[1, 5, 16], [3, 3, 9], [10, 2, 7]])  # includes a repeated anchor
-    feats, logits = target_pass(target, ids, drafter.target_layer_ids)
+    feats, final = target_pass(target, ids, drafter.target_layer_ids)
     embed = target.get_input_embeddings().weight
     lm_head = target.get_output_embeddings().weight
     got = dflash_loss(drafter, embed, lm_head, feats, ids, anchors, gamma=7.0)
     ref = reference_loss(drafter, embed, lm_head, feats, ids, anchors, gamma=7.0)
     torch.testing.assert_close(got, ref)
     # Distillation: soft labels from the target's logits one position earlier.
-    got = dflash_loss(drafter, embed, lm_head, feats, ids, anchors, gamma=7.0, teacher_logits=logits)
+    got = dflash_loss(drafter, embed, lm_head, feats, ids, anchors, gamma=7.0, teacher_hidden=final)
+    with torch.no_grad():
+        logits = target(ids).logits
     ref = reference_loss(drafter, embed, lm_head, feats, ids, anchors, gamma=7.0, teacher=logits)
     torch.testing.assert_close(got, ref)
+
+
+def test_cached_target_states_equal_a_fresh_target_pass(target):
+    gen = torch.Generator().manual_seed(1)
+    seqs = [torch.randint(0, 256, (n,), generator=gen).tolist() for n in (7, 12, 5, 9)]
+    states = TargetStates(target, seqs, [1, 2], batch=3)  # chunks of different widths
+    picks = [3, 0, 2]
+    width = max(len(seqs[i]) for i in picks)
+    ids = torch.tensor([seqs[i] + [0] * (width - len(seqs[i])) for i in picks])
+    fresh_feats, fresh_final = target_pass(target, ids, [1, 2])
+    feats, final = states.batch(picks, width)
+    for k, i in enumerate(picks):  # padded rows are never read by the loss
+        n = len(seqs[i])
+        torch.testing.assert_close(feats[k, :n], fresh_feats[k, :n])
+        torch.testing.assert_close(final[k, :n], fresh_final[k, :n])
+
+
+def test_reference_sampling_at_low_temperature_is_greedy(target, target_path):
+    """The sampled accept rule keeps a draft with probability p(draft): near temperature 0
+    p is one-hot on the argmax, so it must reproduce greedy speculative decoding."""
+    drafter = make_drafter(target_path)
+    propose = dflash_proposer(target, drafter)
+    prompt = torch.randint(0, 256, (10,), generator=torch.Generator().manual_seed(5)).tolist()
+    greedy = speculative_decode(target, propose, prompt, 24, BLOCK)
+    sampled = speculative_decode(target, propose, prompt, 24, BLOCK, temperature=1e-6,
+                                 generator=torch.Generator().manual_seed(0))
+    assert sampled == greedy
 
 
 def test_position_weights_and_anchor_range():
@@ -109,7 +140,8 @@ def test_few_steps_reduce_loss(target, target_path, tmp_path):
     feats = target_features(target, ids, drafter.target_layer_ids)
     with torch.no_grad():
         before = dflash_loss(drafter, embed, lm_head, feats, ids, anchors, 7.0).item()
-    train_drafter(target, drafter, data, tmp_path, TrainConfig(steps=40, batch=8, anchors=6, lr=3e-3))
+    train_drafter(target, drafter, data, tmp_path,
+                  TrainConfig(steps=40, batch=8, anchors=6, lr=3e-3, cache_target_states=True))
     with torch.no_grad():
         after = dflash_loss(drafter, embed, lm_head, feats, ids, anchors, 7.0).item()
     assert after < 0.8 * before, (before, after)

@@ -54,15 +54,37 @@ def check_target(target, layer_ids: list[int], block_size: int) -> None:
 
 @torch.no_grad()
 def target_pass(target, input_ids: torch.Tensor, layer_ids: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-    """One target forward: (hidden states after each layer in layer_ids, concatenated
-    [S, T, len(ids) * H]; next-token logits [S, T, V])."""
-    out = target(input_ids, output_hidden_states=True)
-    return torch.cat([out.hidden_states[i + 1] for i in layer_ids], dim=-1), out.logits
+    """One target forward without the lm_head: (hidden states after each layer in
+    layer_ids, concatenated [S, T, len(ids) * H]; the final hidden state [S, T, H],
+    whose product with the lm_head weight is the next-token logits)."""
+    out = target.get_decoder()(input_ids, output_hidden_states=True)
+    return torch.cat([out.hidden_states[i + 1] for i in layer_ids], dim=-1), out.last_hidden_state
 
 
 def target_features(target, input_ids: torch.Tensor, layer_ids: list[int]) -> torch.Tensor:
     """Concatenated hidden states after each target layer in layer_ids: [S, T, len(ids) * H]."""
     return target_pass(target, input_ids, layer_ids)[0]
+
+
+class TargetStates:
+    """target_pass of every training sequence, computed once and kept in memory:
+    the target is frozen, so each step only pads and stacks its rows (on a tiny
+    target this halves the step time). Holds (len(layer_ids) + 1) * H values per token."""
+
+    def __init__(self, target, seqs: list[list[int]], layer_ids: list[int], batch: int = 32) -> None:
+        self.rows: list[tuple[torch.Tensor, torch.Tensor]] = []
+        dev = target.device
+        for i in tqdm(range(0, len(seqs), batch), desc="target states", unit="batch"):
+            chunk = seqs[i : i + batch]
+            width = max(map(len, chunk))
+            ids = torch.tensor([s + [0] * (width - len(s)) for s in chunk], device=dev)
+            feats, final = target_pass(target, ids, layer_ids)  # causal: right padding changes nothing
+            self.rows += [(f[: len(s)], h[: len(s)]) for s, f, h in zip(chunk, feats, final)]
+
+    def batch(self, picks: list[int], width: int) -> tuple[torch.Tensor, torch.Tensor]:
+        pad = lambda t: F.pad(t, (0, 0, 0, width - t.shape[0]))  # noqa: E731
+        return (torch.stack([pad(self.rows[i][0]) for i in picks]),
+                torch.stack([pad(self.rows[i][1]) for i in picks]))
 
 
 # ------------------------------------------------------------------- the loss
@@ -115,22 +137,23 @@ def dflash_loss(
     input_ids: torch.Tensor,  # [S, T]
     anchors: torch.Tensor,  # [S, M]
     gamma: float,
-    teacher_logits: Optional[torch.Tensor] = None,  # [S, T, V] target logits: distill instead
+    teacher_hidden: Optional[torch.Tensor] = None,  # [S, T, H] target final hidden: distill instead
 ) -> torch.Tensor:
     """Weighted block cross entropy against the sequence's tokens, or, with
-    teacher_logits, against the target's whole next-token distribution (same
+    teacher_hidden, against the target's whole next-token distribution (same
     argmax on greedy data, far more signal per block)."""
     blocks = build_blocks(input_ids, anchors, drafter.block_size, drafter.mask_token_id, gamma)
     ctx = drafter.project_context(features)
     ctx_pos = torch.arange(input_ids.shape[1], device=input_ids.device).expand(input_ids.shape)
     hidden = drafter(F.embedding(blocks.ids, embed), blocks.positions, ctx, ctx_pos, blocks.mask)
     logp = (hidden @ lm_head.T).float().log_softmax(-1)
-    if teacher_logits is None:
+    if teacher_hidden is None:
         ce = F.nll_loss(logp.flatten(0, 1), blocks.labels.flatten(), reduction="none")
     else:
         # The target's distribution for x_{a+k} is its output at position a+k-1.
-        rows = (blocks.positions - 1).clamp(min=0)[..., None].expand_as(logp)
-        ce = -(teacher_logits.gather(1, rows).float().softmax(-1) * logp).sum(-1).flatten()
+        rows = (blocks.positions - 1).clamp(min=0)[..., None].expand(-1, -1, teacher_hidden.shape[-1])
+        teacher = (teacher_hidden.gather(1, rows) @ lm_head.T).float().softmax(-1)
+        ce = -(teacher * logp).sum(-1).flatten()
     w = blocks.weights.flatten() * (blocks.labels.flatten() != -100)
     return (ce * w).sum() / w.sum()
 
@@ -210,6 +233,7 @@ class TrainConfig:
     seed: int = 0
     checkpoint_every: int = 100
     distill: bool = True  # soft labels: the target's next-token distribution
+    cache_target_states: bool = False  # TargetStates: one target pass per sequence, not per step
 
 
 def train_drafter(
@@ -238,6 +262,7 @@ def train_drafter(
         gen.set_state(state["gen"])
         step = state["step"]
     pad = 0  # right padding is never attended: context < anchor < length
+    states = TargetStates(target, seqs, drafter.target_layer_ids) if cfg.cache_target_states else None
 
     bar = tqdm(total=cfg.steps, initial=step, desc="drafter", unit="step")
     while step < cfg.steps:
@@ -248,9 +273,12 @@ def train_drafter(
         lengths = torch.tensor([len(seqs[i]) for i in pick])
         anchors = sample_anchors(lengths, torch.tensor([starts[i] for i in pick]), drafter.block_size,
                                  cfg.anchors, gen).to(dev)
-        feats, logits = target_pass(target, ids, drafter.target_layer_ids)
+        if states is not None:
+            feats, final = (t.to(dev) for t in states.batch(pick, width))
+        else:
+            feats, final = target_pass(target, ids, drafter.target_layer_ids)
         loss = dflash_loss(drafter, embed, lm_head, feats, ids, anchors, cfg.gamma,
-                           logits if cfg.distill else None)
+                           final if cfg.distill else None)
         optimizer_step(opt, loss, lr_at(step, cfg.steps, cfg.lr, warmup=50))
         step += 1
         bar.update(1)

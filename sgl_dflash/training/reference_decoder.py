@@ -1,9 +1,10 @@
-"""Plain-torch greedy speculative decoding, for evaluation and as the test reference.
+"""Plain-torch speculative decoding, for evaluation and as the test reference.
 
 Runs the same algorithm as the SGL_DFLASH worker without SGLang: context =
 target hidden states of every committed token, block = [bonus, MASK...], one
-non-causal draft pass, one target verify pass, longest matching prefix plus
-the target's bonus token. Recomputes the target over the whole sequence each
+non-causal draft pass, one target verify pass, then the accept rule (greedy:
+longest matching prefix plus the target's bonus token; sampled: rejection
+sampling with the drafts as point masses). Recomputes the target over the whole sequence each
 step (fine for tiny models; it is a reference, not a server).
 """
 
@@ -59,31 +60,55 @@ def ngram_proposer(max_n: int = 3) -> Proposer:
 
 
 @torch.no_grad()
-def speculative_greedy(
+def speculative_decode(
     target,
     propose: Optional[Proposer],
     prompt: list[int],
     max_new_tokens: int,
     block_size: int,
     eos_token_id: Optional[int] = None,
+    temperature: float = 0.0,
+    generator: Optional[torch.Generator] = None,
 ) -> tuple[list[int], list[int]]:
-    """Returns (generated tokens, drafts accepted per speculative step). No proposer: tau = 1."""
+    """Returns (generated tokens, drafts accepted per speculative step). No proposer: tau = 1.
+
+    temperature 0: greedy, the longest prefix where the drafts equal the target argmax.
+    temperature > 0: the drafts are point masses, as in the server's rejection
+    sampling: draft d is kept with probability p(d), and the token after the last
+    kept draft is sampled from p with the rejected draft removed, so the output is
+    distributed exactly as the target's own samples at that temperature.
+    """
     dev = target.device
+
+    def sample(p: torch.Tensor) -> int:
+        return int(torch.multinomial(p, 1, generator=generator))
+
+    def next_dists(ids: list[int], start: int) -> torch.Tensor:
+        logits = target(torch.tensor([ids], device=dev)).logits[0, start:].float().cpu()
+        return logits if temperature == 0 else (logits / temperature).softmax(-1)
+
     committed = list(prompt)
-    bonus = int(target(torch.tensor([committed], device=dev)).logits[0, -1].argmax())
+    dist = next_dists(committed, -1)[0]
+    bonus = int(dist.argmax()) if temperature == 0 else sample(dist)
     out, accepted = [bonus], []
     while len(out) < max_new_tokens and bonus != eos_token_id:
-        if propose is None:
-            drafts: list[int] = []
-        else:
-            drafts = propose(committed, bonus, block_size)
-        verify = torch.tensor([committed + [bonus] + drafts], device=dev)
-        top1 = target(verify).logits[0, len(committed) :].argmax(-1).tolist()
+        drafts = [] if propose is None else propose(committed, bonus, block_size)
+        dists = next_dists(committed + [bonus] + drafts, len(committed))
+        committed.append(bonus)
         a = 0
-        while a < len(drafts) and drafts[a] == top1[a]:
-            a += 1
-        committed += [bonus] + drafts[:a]
-        bonus = top1[a]
+        if temperature == 0:
+            top1 = dists.argmax(-1).tolist()
+            while a < len(drafts) and drafts[a] == top1[a]:
+                a += 1
+            bonus = top1[a]
+        else:
+            while a < len(drafts) and float(torch.rand((), generator=generator)) < dists[a, drafts[a]]:
+                a += 1
+            residual = dists[a].clone()
+            if a < len(drafts):
+                residual[drafts[a]] = 0.0
+            bonus = sample(residual)
+        committed += drafts[:a]
         out += drafts[:a] + [bonus]
         accepted.append(a)
     out = out[:max_new_tokens]
