@@ -69,7 +69,7 @@ def target_features(target, input_ids: torch.Tensor, layer_ids: list[int]) -> to
 class TargetStates:
     """target_pass of every training sequence, computed once and kept in memory:
     the target is frozen, so each step only pads and stacks its rows (on a tiny
-    target this halves the step time). Holds (len(layer_ids) + 1) * H values per token."""
+    target, 1.5x faster steps). Holds (len(layer_ids) + 1) * H values per token."""
 
     def __init__(self, target, seqs: list[list[int]], layer_ids: list[int], batch: int = 32) -> None:
         self.rows: list[tuple[torch.Tensor, torch.Tensor]] = []
@@ -274,7 +274,7 @@ def train_drafter(
         anchors = sample_anchors(lengths, torch.tensor([starts[i] for i in pick]), drafter.block_size,
                                  cfg.anchors, gen).to(dev)
         if states is not None:
-            feats, final = (t.to(dev) for t in states.batch(pick, width))
+            feats, final = states.batch(pick, width)
         else:
             feats, final = target_pass(target, ids, drafter.target_layer_ids)
         loss = dflash_loss(drafter, embed, lm_head, feats, ids, anchors, cfg.gamma,
