@@ -4,8 +4,8 @@ Runs the same algorithm as the SGL_DFLASH worker without SGLang: context =
 target hidden states of every committed token, block = [bonus, MASK...], one
 non-causal draft pass, one target verify pass, then the accept rule (greedy:
 longest matching prefix plus the target's bonus token; sampled: rejection
-sampling with the drafts as point masses). Recomputes the target over the whole sequence each
-step (fine for tiny models; it is a reference, not a server).
+sampling with the drafts as point masses). Recomputes the target over the
+whole sequence each step (fine for tiny models; it is a reference, not a server).
 """
 
 from __future__ import annotations
