@@ -18,6 +18,7 @@ from sgl_dflash.training.dflash_trainer import (
     load_prompts,
     load_target,
     position_weights,
+    right_padded,
     sample_anchors,
     target_features,
     target_pass,
@@ -91,10 +92,9 @@ def test_cached_target_states_equal_a_fresh_target_pass(target):
     seqs = [torch.randint(0, 256, (n,), generator=gen).tolist() for n in (7, 12, 5, 9)]
     states = TargetStates(target, seqs, [1, 2], batch=3)  # chunks of different widths
     picks = [3, 0, 2]
-    width = max(len(seqs[i]) for i in picks)
-    ids = torch.tensor([seqs[i] + [0] * (width - len(seqs[i])) for i in picks])
+    ids = right_padded([seqs[i] for i in picks])
     fresh_feats, fresh_final = target_pass(target, ids, [1, 2])
-    feats, final = states.batch(picks, width)
+    feats, final = states.batch(picks, ids.shape[1])
     for k, i in enumerate(picks):  # padded rows are never read by the loss
         n = len(seqs[i])
         torch.testing.assert_close(feats[k, :n], fresh_feats[k, :n])

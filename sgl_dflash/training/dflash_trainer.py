@@ -66,6 +66,13 @@ def target_features(target, input_ids: torch.Tensor, layer_ids: list[int]) -> to
     return target_pass(target, input_ids, layer_ids)[0]
 
 
+def right_padded(seqs: list[list[int]], device: Optional[torch.device | str] = None) -> torch.Tensor:
+    """[S, longest] token ids, padded with 0 on the right: causal models and the
+    DFlash loss never read a position after a sequence's end."""
+    width = max(map(len, seqs))
+    return torch.tensor([s + [0] * (width - len(s)) for s in seqs], device=device)
+
+
 class TargetStates:
     """target_pass of every training sequence, computed once and kept in memory:
     the target is frozen, so each step only pads and stacks its rows (on a tiny
@@ -76,9 +83,7 @@ class TargetStates:
         dev = target.device
         for i in tqdm(range(0, len(seqs), batch), desc="target states", unit="batch"):
             chunk = seqs[i : i + batch]
-            width = max(map(len, chunk))
-            ids = torch.tensor([s + [0] * (width - len(s)) for s in chunk], device=dev)
-            feats, final = target_pass(target, ids, layer_ids)  # causal: right padding changes nothing
+            feats, final = target_pass(target, right_padded(chunk, dev), layer_ids)
             self.rows += [(f[: len(s)], h[: len(s)]) for s, f, h in zip(chunk, feats, final)]
 
     def batch(self, picks: list[int], width: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -261,20 +266,18 @@ def train_drafter(
         opt.load_state_dict(state["opt"])
         gen.set_state(state["gen"])
         step = state["step"]
-    pad = 0  # right padding is never attended: context < anchor < length
     states = TargetStates(target, seqs, drafter.target_layer_ids) if cfg.cache_target_states else None
 
     bar = tqdm(total=cfg.steps, initial=step, desc="drafter", unit="step")
     while step < cfg.steps:
         t0 = time.perf_counter()
         pick = [keep[i] for i in torch.randint(len(keep), (cfg.batch,), generator=gen).tolist()]
-        width = max(len(seqs[i]) for i in pick)
-        ids = torch.tensor([seqs[i] + [pad] * (width - len(seqs[i])) for i in pick], device=dev)
+        ids = right_padded([seqs[i] for i in pick], dev)
         lengths = torch.tensor([len(seqs[i]) for i in pick])
         anchors = sample_anchors(lengths, torch.tensor([starts[i] for i in pick]), drafter.block_size,
                                  cfg.anchors, gen).to(dev)
         if states is not None:
-            feats, final = states.batch(pick, width)
+            feats, final = states.batch(pick, ids.shape[1])
         else:
             feats, final = target_pass(target, ids, drafter.target_layer_ids)
         loss = dflash_loss(drafter, embed, lm_head, feats, ids, anchors, cfg.gamma,
