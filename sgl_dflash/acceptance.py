@@ -1,90 +1,95 @@
-"""Accept step: which drafted tokens of a verified block are kept.
+"""Accept stage: which path of the verified tree is committed, and the bonus token.
 
-A policy maps (candidates, target logits, sampling params) to an
-``Acceptance``. Both policies here are lossless:
-
-* ``accept_greedy``: longest prefix where the draft equals the target argmax.
-* ``accept_by_rejection``: speculative rejection sampling with the draft as a
-  point mass q = delta(d): accept d with probability p(d), else sample the
-  replacement from the residual p with d removed. The output is distributed
-  exactly as the target's own sampler (temperature, top-k, top-p, min-p,
-  same semantics as SGLang's sampler). A drafter-aware policy (q = draft
-  softmax) plugs in here with the same signature.
+One policy, greedy or sampled, lossless by construction: at every node the
+target picks the token it would emit there (``target_choices``: its argmax,
+or a sample with SGLang's own sampler semantics, temperature, top-k, top-p,
+min-p and the per-request seed); the walk then descends from the root to the
+child equal to the current node's choice while one exists
+(kernels.tree_accept), and the last node's choice is the bonus. Every
+committed token is the target's own choice given the tokens before it, so
+the output is exactly what the target alone would produce: token for token
+when greedy, in distribution when sampled (the children are deterministic,
+so no draft probabilities enter). For a chain (K = 1) this is the usual
+rejection rule with the draft as a point mass.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any
 
 import torch
+from sglang.srt.layers.sampler import (
+    sampling_from_probs_torch,
+    top_k_top_p_min_p_sampling_from_probs_torch,
+)
 
-from sgl_dflash.kernels.greedy_accept import commit_tokens, greedy_accept
+from sgl_dflash.kernels.tree_accept import tree_accept_torch, tree_accept_triton
+from sgl_dflash.step import DraftTree
 
 
 @dataclass(frozen=True)
 class Acceptance:
-    accept_len: torch.Tensor  # [bs] int32: drafted tokens kept
-    bonus: torch.Tensor  # [bs] int64: target token after the kept drafts
-    out_tokens: torch.Tensor  # [bs, B] int64: kept drafts, bonus, then padding
+    choices: torch.Tensor  # [bs, N] int64: the target's token after each node
+    accept_len: torch.Tensor  # [bs] int32: drafted tokens kept = depth of the last accepted node
+    path: torch.Tensor  # [bs, D+1] int64: accepted node at each depth, -1 past the last
+    bonus: torch.Tensor  # [bs] int64: the target's token after the last accepted node
+    out_tokens: torch.Tensor  # [bs, D+1] int64: kept drafts, the bonus, then 0
 
     @property
     def commit_lens(self) -> torch.Tensor:
-        """Tokens committed to the sequence this step (kept drafts + bonus)."""
+        """Tokens committed to the sequence this step (kept drafts + bonus), [bs] int32."""
         return self.accept_len + 1
 
 
-def accept_greedy(candidates: torch.Tensor, target_top1: torch.Tensor) -> Acceptance:
-    return Acceptance(*greedy_accept(candidates, target_top1.view_as(candidates)))
+def target_choices(logits: torch.Tensor, sampling_info: Any, positions: torch.Tensor) -> torch.Tensor:
+    """The target's token at every node: logits [bs * N, V] (penalties, grammar and
+    biases applied), positions [bs * N] -> [bs, N].
 
-
-def target_probs(logits: torch.Tensor, sampling_info: Any, block: int) -> torch.Tensor:
-    """The target sampler's distribution for every verify row, [bs * B, V] fp32.
-
-    Mirrors sglang.srt.layers.sampler: softmax(logits / T), then zero ranks
-    >= top_k, tokens whose preceding cumulative mass exceeds top_p, and tokens
-    below min_p * max; the sampler renormalizes implicitly, we explicitly.
+    Mirrors sglang.srt.layers.sampler for one decode step per row: argmax when
+    the batch is greedy; otherwise softmax(logits / T) then SGLang's torch
+    sampler, seeded per request and position when deterministic inference is
+    on (so a seeded request samples exactly what plain decoding would).
     """
-    rows = lambda t: t.view(-1).repeat_interleave(block)  # noqa: E731 (per request -> per row)
+    bs = len(sampling_info) if sampling_info is not None else positions.shape[0]
+    if sampling_info is None or sampling_info.is_all_greedy:
+        return logits.argmax(dim=-1).view(bs, -1)
+    nodes = logits.shape[0] // bs
+
+    def rows(t: torch.Tensor) -> torch.Tensor:  # per request -> per node row
+        return t.view(bs, -1)[:, :1].repeat_interleave(nodes, dim=0).view(-1)
+
     probs = torch.softmax(logits.float() / rows(sampling_info.temperatures)[:, None], dim=-1)
+    seed = None if sampling_info.sampling_seed is None else rows(sampling_info.sampling_seed)
     if not (
         sampling_info.need_top_k_sampling
         or sampling_info.need_top_p_sampling
         or sampling_info.need_min_p_sampling
     ):
-        return probs
-    sorted_p, idx = probs.sort(dim=-1, descending=True)
-    cum = sorted_p.cumsum(dim=-1)
-    rank = torch.arange(sorted_p.shape[-1], device=probs.device)[None, :]
-    drop = rank >= rows(sampling_info.top_ks)[:, None]
-    drop |= (cum - sorted_p) > rows(sampling_info.top_ps)[:, None]
-    if sampling_info.need_min_p_sampling:
-        drop |= sorted_p < sorted_p[:, :1] * rows(sampling_info.min_ps)[:, None]
-    sorted_p = sorted_p.masked_fill(drop, 0.0)
-    filtered = torch.zeros_like(probs).scatter_(-1, idx, sorted_p)
-    return filtered / filtered.sum(dim=-1, keepdim=True)
+        picked = sampling_from_probs_torch(probs, sampling_seed=seed, positions=positions)
+    else:
+        picked = top_k_top_p_min_p_sampling_from_probs_torch(
+            probs,
+            rows(sampling_info.top_ks),
+            rows(sampling_info.top_ps),
+            rows(sampling_info.min_ps),
+            sampling_info.need_min_p_sampling,
+            seed,
+            positions,
+        )
+    return picked.long().view(bs, -1)
 
 
-def accept_by_rejection(
-    candidates: torch.Tensor,
-    logits: torch.Tensor,
-    sampling_info: Any,
-    generator: Optional[torch.Generator] = None,
-) -> Acceptance:
-    bs, block = candidates.shape
-    p = target_probs(logits, sampling_info, block).view(bs, block, -1)
-    drafts = candidates[:, 1:].long()
-    p_draft = p[:, :-1].gather(2, drafts[..., None]).squeeze(-1)  # [bs, B-1]
-    u = torch.rand(p_draft.shape, device=p.device, generator=generator)
-    accept_len = (u < p_draft).to(torch.int32).cumprod(dim=1).sum(dim=1).to(torch.int32)
-
-    acc = accept_len.long()
-    dist = p[torch.arange(bs, device=p.device), acc]  # [bs, V] at the first unaccepted row
-    rejected = acc < block - 1
-    rejected_tok = drafts.gather(1, acc.clamp(max=block - 2)[:, None])
-    residual = dist.scatter(1, rejected_tok, 0.0)
-    # Residual mass can only vanish through rounding when p(d) ~ 1; then sample p itself.
-    use_residual = rejected[:, None] & (residual.sum(dim=-1, keepdim=True) > 0)
-    dist = torch.where(use_residual, residual, dist)
-    bonus = torch.multinomial(dist, 1, generator=generator).squeeze(1)
-    return Acceptance(accept_len, bonus, commit_tokens(candidates, accept_len, bonus))
+def walk_tree(tree: DraftTree, choices: torch.Tensor) -> Acceptance:
+    if choices.is_cuda:
+        accept_len, path = tree_accept_triton(tree.tokens, tree.parents, choices, tree.max_depth)
+    else:
+        accept_len, path = tree_accept_torch(
+            tree.tokens, tree.parents, tree.depths, choices, tree.ancestors, tree.path_table
+        )
+    last = path.gather(1, accept_len.long()[:, None]).squeeze(1)
+    bonus = choices.gather(1, last[:, None]).squeeze(1)
+    # Committed tokens: the choice at each accepted node is the next path token, then the bonus.
+    on_path = path >= 0
+    out_tokens = torch.where(on_path, choices.gather(1, path.clamp(min=0)), 0)
+    return Acceptance(choices, accept_len, path, bonus, out_tokens)

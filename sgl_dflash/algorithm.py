@@ -15,7 +15,8 @@ from sglang.srt.speculative.spec_info import SpeculativeAlgorithm
 from sglang.srt.speculative.spec_registry import CustomSpecAlgo
 
 from sgl_dflash import ALGORITHM_NAME
-from sgl_dflash.draft_checkpoint import validate_draft
+from sgl_dflash.config import SpecConfig
+from sgl_dflash.draft_checkpoint import validate_draft, validate_tree
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +38,12 @@ class SglDFlashAlgo(CustomSpecAlgo):
 
     def supports_grammar_overlap(self) -> bool:
         return True
+
+    def get_num_tokens_per_req_for_target_verify(
+        self, num_draft_tokens: int, is_draft_worker: bool
+    ) -> int:
+        # The draft pass always fills one block; the target verifies tree nodes.
+        return SpecConfig.from_env().block_size if is_draft_worker else num_draft_tokens
 
     def __getattr__(self, name: str) -> Any:
         # Scheduler helpers the custom-algorithm base lacks (create_future_map,
@@ -61,24 +68,36 @@ def resolve_server_args(args: Any) -> None:
     if args.device == "cpu":
         _check_cpu_launch(args)
 
-    spec = validate_draft(
-        args.speculative_draft_model_path, args.model_path, args.speculative_num_draft_tokens
-    )
-    for field in ("speculative_num_steps", "speculative_eagle_topk"):
-        value = getattr(args, field)
-        if value not in (None, 1):
-            logger.warning("%s ignores %s=%s; using 1.", ALGORITHM_NAME, field, value)
-        setattr(args, field, 1)
-    args.speculative_num_draft_tokens = spec.block_size
+    spec = validate_draft(args.speculative_draft_model_path, args.model_path)
+    config = validate_tree(spec, args.speculative_eagle_topk, args.speculative_num_draft_tokens)
+    config.publish()
+    if getattr(args, "speculative_num_steps", None) not in (None, 1):
+        logger.warning("%s ignores speculative_num_steps=%s.", ALGORITHM_NAME, args.speculative_num_steps)
+    # SGLang's view: top-k 1 keeps its EAGLE tree paths off (the tree is ours);
+    # the per-step KV window is what it reserves ahead (twice) per request.
+    args.speculative_num_steps = 1
+    args.speculative_eagle_topk = 1
+    args.speculative_num_draft_tokens = config.window
     if args.device == "cpu":
         args.speculative_draft_attention_backend = "torch_native"
+    elif config.topk > 1:
+        # The tree's ancestor mask goes through SGLang's custom-mask path, which
+        # FlashInfer implements for verify passes (as for EAGLE trees).
+        if args.attention_backend not in (None, "flashinfer"):
+            raise ValueError(
+                f"{ALGORITHM_NAME} trees (--speculative-eagle-topk > 1) need --attention-backend "
+                f"flashinfer on GPU, got {args.attention_backend!r}."
+            )
+        args.attention_backend = "flashinfer"
     if args.max_running_requests is None:
         args.max_running_requests = DEFAULT_MAX_RUNNING_REQUESTS
     logger.info(
-        "%s: draft %s, block size %d, target layers %s, mask token %d",
+        "%s: draft %s, block size %d, top-k %d, node budget %d, target layers %s, mask token %d",
         ALGORITHM_NAME,
         spec.path,
         spec.block_size,
+        config.topk,
+        config.node_budget,
         list(spec.target_layer_ids),
         spec.mask_token_id,
     )

@@ -12,6 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
+from sgl_dflash.config import SpecConfig
+from sgl_dflash.kernels.tree_build import max_tree_nodes
+
 DRAFT_ARCHITECTURE = "DFlashDraftModel"
 
 
@@ -51,11 +54,7 @@ def _int_field(cfg: dict, key: str, where: str) -> int:
     return value
 
 
-def validate_draft(
-    draft_path: Optional[str],
-    target_path: str,
-    requested_block_size: Optional[int],
-) -> DraftSpec:
+def validate_draft(draft_path: Optional[str], target_path: str) -> DraftSpec:
     """Check the draft against the target; return the resolved draft spec."""
     if not draft_path:
         raise DraftConfigError(
@@ -116,23 +115,14 @@ def validate_draft(
             f"target vocabulary (0..{t_vocab - 1})."
         )
 
-    ckpt_block = dflash.get("block_size", draft.get("block_size"))
-    if ckpt_block is not None:
-        ckpt_block = _int_field({"block_size": ckpt_block}, "block_size", where)
-    block = requested_block_size if requested_block_size is not None else ckpt_block
+    block = dflash.get("block_size", draft.get("block_size"))
     if block is None:
-        raise DraftConfigError(
-            f"{where}: no block_size; pass --speculative-num-draft-tokens."
-        )
+        raise DraftConfigError(f"{where}: no block_size (the block the drafter was trained to fill).")
+    block = _int_field({"block_size": block}, "block_size", where)
     if block < 2:
         raise DraftConfigError(
-            f"block size {block} is impossible: a block holds the bonus token plus at least "
-            "one drafted token, so --speculative-num-draft-tokens must be >= 2."
-        )
-    if ckpt_block is not None and block != ckpt_block:
-        raise DraftConfigError(
-            f"--speculative-num-draft-tokens={block} does not match the draft's block_size="
-            f"{ckpt_block} ({where}); the drafter was trained to fill blocks of that size."
+            f"{where}: block_size={block} is impossible: a block holds the bonus token plus at "
+            "least one drafted token."
         )
     return DraftSpec(
         path=dpath,
@@ -141,3 +131,25 @@ def validate_draft(
         mask_token_id=mask_id,
         num_layers=_int_field(draft, "num_hidden_layers", where),
     )
+
+
+def validate_tree(spec: DraftSpec, topk: Optional[int], node_budget: Optional[int]) -> SpecConfig:
+    """Resolve ``--speculative-eagle-topk`` (K, default 1) and
+    ``--speculative-num-draft-tokens`` (N, default the block size) for this draft."""
+    k = 1 if topk is None else topk
+    n = spec.block_size if node_budget is None else node_budget
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise DraftConfigError(f"--speculative-eagle-topk={k!r}: the tree's top-k must be an integer >= 1.")
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise DraftConfigError(
+            f"--speculative-num-draft-tokens={n!r}: the node budget (tree nodes verified per "
+            "request, the bonus token included) must be an integer >= 1."
+        )
+    reachable = max_tree_nodes(k, spec.block_size - 1, n)
+    if reachable < n:
+        raise DraftConfigError(
+            f"--speculative-num-draft-tokens={n} is more than a top-{k} tree can hold under a "
+            f"block of {spec.block_size} ({reachable} nodes: depth at most {spec.block_size - 1}); "
+            f"use at most {reachable} or a larger --speculative-eagle-topk."
+        )
+    return SpecConfig(block_size=spec.block_size, topk=k, node_budget=n)

@@ -8,6 +8,8 @@ always, ``register_cpu`` only with ``SGLANG_USE_CPU_ENGINE=1``.
 
 from __future__ import annotations
 
+import re
+
 import torch
 from sglang.srt.plugins.hook_registry import HookRegistry, HookType
 
@@ -34,6 +36,15 @@ def register_common() -> None:
     HookRegistry.register(
         f"{_SPEC_UTILS}.spec_need_hidden_states", _no_hidden_relay_for_us, HookType.AFTER
     )
+    # DFLASH's verify graphs are captured without a custom mask on backends
+    # whose causal path expresses a chain (FlashInfer among them). An
+    # SGL_DFLASH tree (top-k > 1) needs its ancestor mask at every replay, so
+    # capture with the custom-mask buffer, as SGLang's EAGLE tree verify does.
+    HookRegistry.register(
+        "sglang.srt.speculative.dflash_utils.resolve_dflash_verify_mask_policy",
+        _custom_mask_for_trees,
+        HookType.AFTER,
+    )
     # ModelRunner._extend_forward_kwargs casts input_embeds to bfloat16
     # unconditionally. The drafter's block embeddings arrive as input_embeds,
     # so an fp32 model would run its draft on bf16-rounded inputs (and fp32
@@ -43,6 +54,47 @@ def register_common() -> None:
         "sglang.srt.model_executor.model_runner.ModelRunner._extend_forward_kwargs",
         _keep_input_embeds_dtype,
         HookType.AROUND,
+    )
+    # TokenizerManager._validate_one_request checks a prompt's length only
+    # against the context, and GenerateReqInput rejects only a top-level
+    # empty input_ids. Requests that reach the scheduler anyway kill it (and
+    # so the whole server): a prompt of 0 tokens ("" with a tokenizer that
+    # adds no BOS, or an empty entry of a batch) fails in the logits
+    # processor, or, batched with others, silently gets another request's
+    # logits; a token id outside the vocabulary fails in the embedding; with
+    # return_logprob, logprob_start_len below -1 trips an assertion and
+    # top_logprobs_num above the vocabulary size fails in topk. Reject these
+    # where SGLang already rejects bad input, so the client gets a 400.
+    HookRegistry.register(
+        "sglang.srt.managers.tokenizer_manager.TokenizerManager._validate_one_request",
+        _reject_requests_that_crash_the_scheduler,
+        HookType.BEFORE,
+    )
+    # SamplingParams.normalize sizes each stop_regex with sre_parse, whose
+    # re.error is no ValueError, so an unparsable pattern ("((") got a 500;
+    # one that parses but does not compile ("(?<=a+)b") was only caught by the
+    # scheduler's seatbelt after the request had been prefilled. Compile each
+    # pattern first, so both get a 400 before reaching the scheduler.
+    HookRegistry.register(
+        "sglang.srt.sampling.sampling_params.get_max_seq_length",
+        _compile_stop_regex_first,
+        HookType.AROUND,
+    )
+    # The scheduler lets a request grow to context_len - 1 tokens, but each
+    # DFLASH-family step reserves 2 * W req_to_token slots past the committed
+    # length (W = speculative_num_draft_tokens; DFlashDraftInputV2.
+    # prepare_for_decode) in rows only W + 4 wider than the context. Requests
+    # that got within 2 * W of the context killed the scheduler (a 2040-token
+    # prompt on the tiny model's 2048 context: a row overflow in
+    # alloc_for_spec_decode) or leaked KV slots (2012 or 2033 tokens; fatal
+    # with SGLang's strict idle memory check). Shrink the scheduler's length
+    # limits by 2 * W for SGL_DFLASH: longer prompts get its clean "Input
+    # length ... exceeds" 400, and max_new_tokens is clipped to fit, as SGLang
+    # already clips it at the context length.
+    HookRegistry.register(
+        "sglang.srt.managers.scheduler.Scheduler.init_model_worker",
+        _leave_room_for_the_block_reservation,
+        HookType.AFTER,
     )
 
 
@@ -59,8 +111,9 @@ def register_cpu() -> None:
     # TorchNativeAttnBackend.forward_extend reads extend_prefix_lens /
     # extend_seq_lens, which TARGET_VERIFY batches (target verify and DFlash
     # draft blocks) do not carry, and it has no block/custom mask. Route those
-    # batches to our block attention: prefix fully visible, block causal
-    # (target) or non-causal (DFlash draft layers, ENCODER_ONLY).
+    # batches to our block attention: prefix fully visible, then a verified
+    # tree's ancestor mask (the verify input's custom_mask), a causal block
+    # (a chain) or a non-causal one (DFlash draft layers, ENCODER_ONLY).
     HookRegistry.register(
         "sglang.srt.layers.attention.torch_native_backend.TorchNativeAttnBackend.forward_extend",
         _torch_native_verify_extend,
@@ -101,6 +154,16 @@ def _no_hidden_relay_for_us(result: bool) -> bool:
     return False if get_spec().speculative_algorithm == ALGORITHM_NAME else result
 
 
+def _custom_mask_for_trees(result: tuple[str, bool]) -> tuple[str, bool]:
+    from sglang.srt.runtime_context import get_spec
+
+    from sgl_dflash.config import SpecConfig
+
+    if get_spec().speculative_algorithm == ALGORITHM_NAME and SpecConfig.from_env().topk > 1:
+        return result[0], True
+    return result
+
+
 def _keep_input_embeds_dtype(original, self, forward_batch, pp_proxy_tensors):
     kwargs = original(self, forward_batch, pp_proxy_tensors)
     embeds = forward_batch.input_embeds
@@ -111,6 +174,58 @@ def _keep_input_embeds_dtype(original, self, forward_batch, pp_proxy_tensors):
     ):
         kwargs["input_embeds"] = embeds
     return kwargs
+
+
+def _reject_requests_that_crash_the_scheduler(self, obj, input_ids) -> None:
+    """Raise ValueError (HTTP 400) for a (sub-)request the scheduler cannot serve."""
+    vocab_size = self.model_config.vocab_size
+    # input_embeds requests carry no ids to check.
+    if input_ids is not None and obj.input_embeds is None:
+        session = getattr(obj, "session_params", None)
+        # A session request may be empty: the session history is its prompt.
+        if not input_ids and not (isinstance(session, dict) and session.get("id")):
+            raise ValueError(
+                "The prompt is empty: it has 0 tokens after tokenization. "
+                "Send at least one token."
+            )
+        # Multimodal prompts may hold placeholder ids that the model replaces.
+        if input_ids and not obj.contains_mm_input():
+            bad = [t for t in (min(input_ids), max(input_ids)) if not 0 <= t < vocab_size]
+            if bad:
+                raise ValueError(
+                    f"input_ids contains token id {bad[0]} outside the vocabulary; "
+                    f"valid range is [0, {vocab_size})."
+                )
+    if not getattr(obj, "return_logprob", False):
+        return  # the scheduler ignores the logprob fields then
+    if obj.logprob_start_len < -1:
+        raise ValueError(
+            "logprob_start_len must be -1 (output tokens only) or a prompt "
+            f"position >= 0, got {obj.logprob_start_len}."
+        )
+    if obj.top_logprobs_num > vocab_size:
+        raise ValueError(
+            f"top_logprobs_num must be at most the vocabulary size {vocab_size}, "
+            f"got {obj.top_logprobs_num}."
+        )
+
+
+def _compile_stop_regex_first(original, regex_str: str) -> int:
+    try:
+        re.compile(regex_str)
+    except re.error as e:
+        raise ValueError(f"stop_regex {regex_str!r} is not a valid regular expression: {e}") from e
+    return original(regex_str)
+
+
+def _leave_room_for_the_block_reservation(result: None, self) -> None:
+    from sglang.srt.runtime_context import get_spec
+
+    spec = get_spec()
+    if spec.speculative_algorithm == ALGORITHM_NAME:
+        reserve = 2 * int(spec.speculative_num_draft_tokens)
+        self.max_req_len -= reserve
+        self.max_req_input_len -= reserve
 
 
 def _torch_native_verify_extend(
@@ -134,6 +249,7 @@ def _torch_native_verify_extend(
         forward_batch.seq_lens,
         causal=layer.attn_type != AttentionType.ENCODER_ONLY,
         scaling=layer.scaling,
+        custom_mask=getattr(forward_batch.spec_info, "custom_mask", None),
     )
     return out.reshape(q.shape[0], layer.tp_q_head_num * layer.v_head_dim)
 

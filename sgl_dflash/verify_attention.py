@@ -1,12 +1,16 @@
 """Plain-torch block attention for TARGET_VERIFY batches (CPU path).
 
 Each request has ``prefix_len`` committed tokens in the KV pool followed by
-one block of ``B`` new tokens (already written). Every block query sees the
-whole prefix; inside the block it sees the tokens before it (target verify,
-causal) or the whole block (DFlash draft layers, non-causal).
+``T`` new tokens (already written): a verified tree (``T = N``) or a draft
+block (``T = B``). Every new query sees the whole prefix; among the new
+tokens it sees its ancestors (``custom_mask``, SGLang's flat tree-mask
+format, see tree_mask), the tokens before it (``causal``: a chain), or all
+of them (DFlash draft layers, non-causal).
 """
 
 from __future__ import annotations
+
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -22,24 +26,31 @@ def block_verify_attention(
     *,
     causal: bool,
     scaling: float,
+    custom_mask: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
-    """q: [bs * B, Hq, D] -> out: [bs * B, Hq, Dv]."""
+    """q: [bs * T, Hq, D] -> out: [bs * T, Hq, Dv]."""
     bs = prefix_lens.numel()
-    block = q.shape[0] // bs
+    new = q.shape[0] // bs
     out = q.new_empty(q.shape[0], q.shape[1], v_cache.shape[-1])
-    in_block = torch.ones(block, block, dtype=torch.bool, device=q.device)
+    in_block = torch.ones(new, new, dtype=torch.bool, device=q.device)
     if causal:
         in_block = in_block.tril()
+    mask_start = 0
     for i, (row, prefix) in enumerate(zip(req_pool_indices.tolist(), prefix_lens.tolist())):
-        locs = req_to_token[row, : prefix + block]
+        locs = req_to_token[row, : prefix + new]
         k = k_cache[locs].to(q.dtype).transpose(0, 1)
         v = v_cache[locs].to(q.dtype).transpose(0, 1)
-        qi = q[i * block : (i + 1) * block].transpose(0, 1)
-        mask = torch.cat(
-            [torch.ones(block, prefix, dtype=torch.bool, device=q.device), in_block], dim=1
-        )
+        qi = q[i * new : (i + 1) * new].transpose(0, 1)
+        if custom_mask is not None:
+            size = new * (prefix + new)
+            mask = custom_mask[mask_start : mask_start + size].view(new, prefix + new)
+            mask_start += size
+        else:
+            mask = torch.cat(
+                [torch.ones(new, prefix, dtype=torch.bool, device=q.device), in_block], dim=1
+            )
         o = F.scaled_dot_product_attention(
             qi, k, v, attn_mask=mask, scale=scaling, enable_gqa=qi.shape[0] != k.shape[0]
         )
-        out[i * block : (i + 1) * block] = o.transpose(0, 1)
+        out[i * new : (i + 1) * new] = o.transpose(0, 1)
     return out

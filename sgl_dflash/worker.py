@@ -2,28 +2,33 @@
 
 Setup (draft ModelRunner, shared KV pools, mask token, draft CUDA graphs) and
 the context-KV materializer are inherited from SGLang's DFlashWorkerV2; every
-decode step is ours:
+decode step is ours, orchestrating one module per stage:
 
-1. schedule: build the block ``[bonus, MASK x (B-1)]``, its positions and the
-   KV slots it will occupy (already reserved by the scheduler, 2*B ahead).
-2. draft: one non-causal draft forward over context KV + block; argmax through
-   the target lm_head gives B-1 draft tokens.
-3. verify: one target TARGET_VERIFY forward over ``[bonus, d_1..d_{B-1}]``.
-4. accept: an ``acceptance`` policy picks the kept prefix and the bonus token.
-5. commit: report committed tokens to the scheduler (which frees unaccepted
-   KV slots) and write the committed rows' target hidden states into the
-   draft's context KV.
+1. schedule: the step's KV window (``StepWindow``): W = max(B, N) slots after
+   each request's prefix, reserved ahead by the scheduler.
+2. draft (tree): one non-causal draft pass over context KV + the block
+   ``[bonus, MASK x (B-1)]``; each position's top-K through the target's
+   lm_head; the best-first tree of N nodes (``DraftTree``).
+3. verify (tree_mask, penalties): one TARGET_VERIFY pass over the N nodes,
+   each attending to the prefix and its ancestors; the target's logits at
+   every node adjusted as plain decoding would (penalties by the node's own
+   history, grammar, logit bias, custom logit processors).
+4. accept (acceptance): the target's choice at every node; the walk from the
+   root along agreeing children; the bonus.
+5. commit (commit): the accepted path's KV moved right after the prefix, its
+   target hidden states written into the draft's context KV, the committed
+   tokens returned to the scheduler (which keeps the window reserved).
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
-from typing import Any, Callable, Optional
+from typing import Callable, Optional
 
 import torch
 from sglang.kernels.ops.speculative.cache_locs import assign_extend_cache_locs_func
 from sglang.srt.layers.logprob_processor import compute_spec_logprobs
+from sglang.srt.layers.sampler import apply_custom_logit_processor
 from sglang.srt.managers.schedule_batch import ScheduleBatch
 from sglang.srt.managers.scheduler import GenerationBatchResult
 from sglang.srt.model_executor.forward_batch_info import (
@@ -33,9 +38,9 @@ from sglang.srt.model_executor.forward_batch_info import (
     compute_position,
     enable_num_token_non_padded,
 )
+from sglang.srt.runtime_context import get_parallel, get_spec
 from sglang.srt.speculative.dflash_info import DFlashVerifyInput
 from sglang.srt.speculative.dflash_info_v2 import DFlashDraftInputV2
-from sglang.srt.speculative.dflash_utils import apply_dflash_verify_logits_adjustments
 from sglang.srt.speculative.dflash_worker_v2 import DFlashWorkerV2
 from sglang.srt.speculative.draft_worker_common import make_draft_input_v2
 from sglang.srt.speculative.spec_info import SpeculativeAlgorithm
@@ -43,35 +48,65 @@ from sglang.srt.speculative.spec_utils import GrammarTree, build_grammar_vocab_m
 from sglang.srt.utils import async_h2d
 
 from sgl_dflash import ALGORITHM_NAME
-from sgl_dflash.acceptance import Acceptance, accept_by_rejection, accept_greedy
 from sgl_dflash.accept_stats import AcceptStats
+from sgl_dflash.acceptance import Acceptance, target_choices, walk_tree
+from sgl_dflash.commit import compact_kv, path_rows
+from sgl_dflash.config import SpecConfig
+from sgl_dflash.penalties import PenaltyState
+from sgl_dflash.step import DraftTree, StepWindow
+from sgl_dflash.step_timing import StepTimer
+from sgl_dflash.tree import DraftTopKHead, grammar_links, make_tree, root_tree
+from sgl_dflash.tree_mask import verify_mask
 
 logger = logging.getLogger(__name__)
 
 
-@dataclass
-class Block:
-    """One decode step's block for every request in the batch."""
-
-    ids: torch.Tensor  # [bs, B]: bonus then MASK
-    positions: torch.Tensor  # [bs, B]
-    cache_loc: torch.Tensor  # [bs, B]: KV slots (reserved ahead by the scheduler)
-    prefix_lens: torch.Tensor  # [bs]: committed tokens before the block
-    kv_loc_plan: Any  # SGLang KVLocPlan for this window (draft, verify, commit)
-
-
 class SglDFlashWorker(DFlashWorkerV2):
     def __init__(self, server_args, gpu_id: int, nccl_port: int, target_worker) -> None:
-        super().__init__(server_args, gpu_id, nccl_port, target_worker)
+        self.config = SpecConfig.from_env()
+        # SGLang's speculative_num_draft_tokens is the step's KV window; the
+        # inherited draft setup (block size, buffers, draft graphs) needs B.
+        with get_spec().override(speculative_num_draft_tokens=self.config.block_size):
+            super().__init__(server_args, gpu_id, nccl_port, target_worker)
         if self.selector is not None or self.lilicorr is not None or self._is_domino:
             raise ValueError(
                 f"{ALGORITHM_NAME} supports plain DFlash drafts; this checkpoint has a "
                 "selector / LiLiCorr / Domino head (use --speculative-algorithm DFLASH)."
             )
-        lm_head = getattr(self.target_worker.model_runner.model, "lm_head", None)
+        if get_parallel().tp_size != 1:
+            raise ValueError(f"{ALGORITHM_NAME} supports --tp-size 1 only (the tree's top-K head is unsharded).")
+        runner = self.target_worker.model_runner
+        lm_head = getattr(runner.model, "lm_head", None)
         if lm_head is None or not hasattr(lm_head, "weight"):
             raise ValueError(f"{ALGORITHM_NAME} needs a target with a dense lm_head.")
-        self.stats = AcceptStats(block_size=int(self.block_size))
+        self.stats = AcceptStats()
+        self.timer = StepTimer(self.device)
+        # Sized by the request pool, which exists only after alloc_memory_pool.
+        self._head: Optional[DraftTopKHead] = None
+        self._penalties: Optional[PenaltyState] = None
+
+    @property
+    def head(self) -> DraftTopKHead:
+        if self._head is None:
+            runner = self.target_worker.model_runner
+            weight = runner.model.lm_head.weight[: runner.model_config.vocab_size]
+            self._head = DraftTopKHead(
+                weight, self.config.block_size, self.config.topk, runner.req_to_token_pool.size
+            )
+        return self._head
+
+    @property
+    def penalties(self) -> PenaltyState:
+        if self._penalties is None:
+            runner = self.target_worker.model_runner
+            self._penalties = PenaltyState(
+                runner.req_to_token_pool.size, runner.model_config.vocab_size, self.device
+            )
+        return self._penalties
+
+    def _maybe_build_draft_sampler(self) -> DraftTopKHead:
+        # Folded into the captured draft graph by DFlashWorkerV2.init_cuda_graphs.
+        return self.head
 
     # ------------------------------------------------------------------ entry
 
@@ -91,13 +126,17 @@ class SglDFlashWorker(DFlashWorkerV2):
         if batch.seq_lens.is_cuda:
             # Under overlap scheduling seq_lens may come from another stream.
             batch.seq_lens.record_stream(torch.cuda.current_stream())
-        block = self._schedule(batch)
-        candidates = self._draft(batch, block)
-        logits_output, target_top1, can_run_graph = self._verify(
-            batch, block, candidates, grammar_barrier
-        )
-        acceptance = self._accept(batch, candidates, logits_output, target_top1)
-        return self._commit(batch, block, logits_output, acceptance, can_run_graph, on_publish)
+        start = self.timer.step_start()
+        num_nodes = self.config.node_budget
+        window = self._schedule(batch)
+        with self.timer.stage("draft"):
+            tree = self._draft(batch, window, num_nodes)
+        with self.timer.stage("verify"):
+            logits_output, can_run_graph = self._verify(batch, window, tree, grammar_barrier)
+        acceptance = self._accept(batch, tree, logits_output)
+        result = self._commit(batch, window, tree, logits_output, acceptance, can_run_graph, on_publish)
+        self.timer.step_done(start, window.batch_size)
+        return result
 
     # ---------------------------------------------------------------- prefill
 
@@ -133,6 +172,8 @@ class SglDFlashWorker(DFlashWorkerV2):
             extend_lens=extend_lens,
         )
         out.logits_output.hidden_states = None  # not shipped to the CPU
+        if PenaltyState.needed(batch.sampling_info):
+            self.penalties.start(batch.reqs, batch.req_pool_indices, out.next_token_ids)
         out.next_draft_input = make_draft_input_v2(
             bonus_tokens=out.next_token_ids, new_seq_lens=batch.seq_lens
         )
@@ -149,35 +190,32 @@ class SglDFlashWorker(DFlashWorkerV2):
             accept_lens=torch.empty((0,), dtype=torch.int32, device=self.device),
             next_draft_input=next_input,
             can_run_cuda_graph=False,
-            speculative_num_draft_tokens=int(self.block_size),
+            speculative_num_draft_tokens=self.config.node_budget,
             new_seq_lens=empty,
         )
 
     # --------------------------------------------------------------- schedule
 
-    def _schedule(self, batch: ScheduleBatch) -> Block:
-        bs, size = len(batch.seq_lens), int(self.block_size)
+    def _schedule(self, batch: ScheduleBatch) -> StepWindow:
+        bs, width = len(batch.seq_lens), self.config.window
         prefix_lens = batch.seq_lens
-        ids = torch.full((bs, size), int(self._mask_token_id), dtype=torch.long, device=self.device)
-        ids[:, 0] = batch.spec_info.bonus_tokens
-        positions = prefix_lens[:, None].to(torch.int64) + self._block_pos_offsets[None, :]
-        cache_loc = assign_extend_cache_locs_func(
+        slots = assign_extend_cache_locs_func(
             req_pool_indices=batch.req_pool_indices,
             req_to_token=self.model_runner.req_to_token_pool.req_to_token,
             start_offset=prefix_lens,
-            end_offset=prefix_lens + size,
+            end_offset=prefix_lens + width,
             batch_size=bs,
-            draft_token_num=size,
+            draft_token_num=width,
             device=self.device,
-        ).view(bs, size)
+        ).view(bs, width)
         plan = self.model_runner.kv_index_translator.plan(
             req_pool_indices=batch.req_pool_indices,
             seq_lens=prefix_lens,
             seq_lens_cpu=self._committed_lens_cpu(batch),
-            write_virtual=cache_loc.reshape(-1),
-            read_extent=size,
+            write_virtual=slots.reshape(-1),
+            read_extent=width,
         )
-        return Block(ids, positions, cache_loc, prefix_lens, plan)
+        return StepWindow(prefix_lens, slots, plan)
 
     @staticmethod
     def _committed_lens_cpu(batch: ScheduleBatch) -> Optional[torch.Tensor]:
@@ -186,9 +224,9 @@ class SglDFlashWorker(DFlashWorkerV2):
         return batch.spec_info.nxt_kv_lens_cpu
 
     def _window_lens_cpu(self, batch: ScheduleBatch) -> tuple[torch.Tensor, int]:
-        """Host upper bound of each request's KV length while the block is in flight."""
+        """Host upper bound of each request's KV length while the step is in flight."""
         if batch.seq_lens_cpu is not None:
-            lens = batch.seq_lens_cpu.to(torch.int32) + int(self.block_size)
+            lens = batch.seq_lens_cpu.to(torch.int32) + self.config.window
         elif batch.spec_info.nxt_kv_lens_cpu is not None:
             lens = batch.spec_info.nxt_kv_lens_cpu.clone()
         else:
@@ -197,24 +235,30 @@ class SglDFlashWorker(DFlashWorkerV2):
 
     # ------------------------------------------------------------------ draft
 
-    def _draft(self, batch: ScheduleBatch, block: Block) -> torch.Tensor:
-        """One non-causal draft pass; returns candidates [bs, B] = [bonus, d_1..d_{B-1}]."""
-        bs, size = block.ids.shape
+    def _draft(self, batch: ScheduleBatch, window: StepWindow, num_nodes: int) -> DraftTree:
+        """One non-causal draft pass over the block, then the best-first tree of num_nodes."""
+        root = batch.spec_info.bonus_tokens
+        if num_nodes == 1:  # nothing to draft: the step verifies the root alone
+            return root_tree(root, window.prefix_lens)
+        bs, size = window.batch_size, self.config.block_size
+        ids = torch.full((bs, size), int(self._mask_token_id), dtype=torch.long, device=self.device)
+        ids[:, 0] = root
+        positions = window.prefix_lens[:, None].to(torch.int64) + self._block_pos_offsets[None, :]
         target = self.target_worker.model_runner.model
-        embeds = target.get_input_embeddings()(block.ids).view(bs * size, -1)
+        embeds = target.get_input_embeddings()(ids).view(bs * size, -1)
         if self._noise_embed_scale != 1.0:  # targets that scale their embeddings (e.g. Gemma)
             embeds = embeds * self._noise_embed_scale
         lens_cpu, lens_sum = self._window_lens_cpu(batch)
         forward_batch = ForwardBatch(
             forward_mode=ForwardMode.TARGET_VERIFY,
             batch_size=bs,
-            input_ids=block.ids.reshape(-1),
+            input_ids=ids.reshape(-1),
             req_pool_indices=batch.req_pool_indices,
-            seq_lens=block.prefix_lens,
-            out_cache_loc=block.cache_loc.reshape(-1),
+            seq_lens=window.prefix_lens,
+            out_cache_loc=window.slots[:, :size].reshape(-1),
             seq_lens_sum=lens_sum,
             seq_lens_cpu=lens_cpu,
-            positions=block.positions.reshape(-1),
+            positions=positions.reshape(-1),
             input_embeds=embeds,
             spec_algorithm=SpeculativeAlgorithm.DFLASH,
             spec_info=self._draft_block_spec_info,
@@ -227,37 +271,36 @@ class SglDFlashWorker(DFlashWorkerV2):
             global_num_token_non_padded_cpu=bs * size,
             can_run_decode_cuda_graph=batch.can_run_decode_cuda_graph,
         )
-        block.kv_loc_plan.bind(forward_batch, self.draft_model_runner.kv_index_translator)
+        window.kv_loc_plan.bind(
+            forward_batch, self.draft_model_runner.kv_index_translator, cols=slice(0, size)
+        )
         with torch.inference_mode():
             out = self.draft_model_runner.forward(forward_batch)
-        if self._draft_sampler is not None and out.can_run_graph:
-            # The greedy head ran inside the captured draft graph.
-            drafts = self._draft_sampler.out[: bs * (size - 1)].view(bs, size - 1)
-            return torch.cat([block.ids[:, :1], drafts], dim=1)
-        hidden = out.logits_output.hidden_states
-        if hidden is None:
-            raise RuntimeError(f"{ALGORITHM_NAME}: draft forward returned no hidden states.")
-        hidden = hidden[: bs * size].view(bs, size, -1)[:, 1:, :]
-        drafts = self._greedy_sample_from_vocab_parallel_head(
-            hidden_states=hidden.reshape(-1, hidden.shape[-1]), lm_head=target.lm_head
-        ).view(bs, size - 1)
-        return torch.cat([block.ids[:, :1], drafts], dim=1)
+        if not (self._draft_sampler is self.head and out.can_run_graph):
+            hidden = out.logits_output.hidden_states
+            if hidden is None:
+                raise RuntimeError(f"{ALGORITHM_NAME}: draft forward returned no hidden states.")
+            self.head(hidden, ids)  # eager; on GPU graphs it ran inside the replay
+        topk_ids, topk_probs = self.head.read(bs)
+        return make_tree(root, topk_ids, topk_probs, num_nodes, window.prefix_lens)
 
     # ----------------------------------------------------------------- verify
 
-    def _verify(self, batch: ScheduleBatch, block: Block, candidates: torch.Tensor, grammar_barrier):
-        """Target forward over the candidate block. Returns (logits_output, top1 or None, graph?)."""
-        size = int(self.block_size)
-        grammar_tree = GrammarTree.from_linear_chain(candidates) if batch.has_grammar else None
+    def _verify(self, batch: ScheduleBatch, window: StepWindow, tree: DraftTree, grammar_barrier):
+        """Target forward over the tree. Returns (logits_output with adjusted logits, graph?)."""
+        n = tree.num_nodes
+        # Before the launch: the grammar tree's host copy overlaps the forward.
+        grammar_tree = GrammarTree.from_device(*grammar_links(tree), tree.tokens) if batch.has_grammar else None
         verify_input = DFlashVerifyInput(
-            draft_token=candidates.reshape(-1),
-            positions=block.positions.reshape(-1),
-            draft_token_num=size,
-            custom_mask=None,  # linear chain: causal; tree verification will set a mask here
+            draft_token=tree.tokens.reshape(-1),
+            positions=tree.positions.reshape(-1),
+            draft_token_num=n,
+            custom_mask=verify_mask(tree, self.config.topk, window.prefix_lens, batch.seq_lens_sum),
             capture_hidden_mode=CaptureHiddenMode.FULL,
-            kv_loc_plan=block.kv_loc_plan,
+            kv_loc_plan=window.kv_loc_plan,
+            kv_loc_cols=slice(0, n),
         )
-        batch.out_cache_loc = block.cache_loc.reshape(-1)
+        batch.out_cache_loc = window.slots[:, :n].reshape(-1)
         saved = batch.seq_lens_cpu, batch.seq_lens_sum
         batch.seq_lens_cpu, batch.seq_lens_sum = self._window_lens_cpu(batch)
         forward_batch, _ = verify_input.prepare_for_verify(batch, self.target_worker)
@@ -266,79 +309,87 @@ class SglDFlashWorker(DFlashWorkerV2):
             batch=None, forward_batch=forward_batch, is_verify=True, skip_attn_backend_init=True
         )
         logits_output = out.logits_output
-        sampling_info = batch.sampling_info
-
-        top1 = None
         lp = self._target_logits_processor
         if lp is not None and lp.is_deferred_shard(logits_output.next_token_logits):
-            if self._can_skip_verify_logits(batch, sampling_info):
-                top1 = lp.deferred_argmax(logits_output.next_token_logits)
-                logits_output.next_token_logits = None
-            else:
-                logits_output.next_token_logits = lp.finish_deferred_gather(
-                    logits_output.next_token_logits
-                )
-        if top1 is None:
-            logits = logits_output.next_token_logits
-            if sampling_info is not None:
-                apply_dflash_verify_logits_adjustments(
-                    next_token_logits=logits, sampling_info=sampling_info, draft_token_num=size
-                )
-            if grammar_tree is not None:
-                build_grammar_vocab_mask(
-                    reqs=batch.reqs,
-                    tree=grammar_tree,
-                    sampling_info=sampling_info,
-                    device=logits.device,
-                    barrier=grammar_barrier,
-                ).apply(logits)
-        return logits_output, top1, out.can_run_cuda_graph
+            logits_output.next_token_logits = lp.finish_deferred_gather(logits_output.next_token_logits)
+        self._adjust_target_logits(batch, tree, logits_output.next_token_logits, grammar_tree, grammar_barrier)
+        return logits_output, out.can_run_cuda_graph
+
+    def _adjust_target_logits(self, batch, tree: DraftTree, logits, grammar_tree, grammar_barrier) -> None:
+        """In place, in plain decoding's order: penalties, grammar, logit bias, custom processors."""
+        info = batch.sampling_info
+        if info is None:
+            return
+        if PenaltyState.needed(info):
+            self.penalties.apply(logits, batch.reqs, batch.req_pool_indices, tree)
+        if grammar_tree is not None:
+            mask = build_grammar_vocab_mask(
+                reqs=batch.reqs,
+                tree=grammar_tree,
+                sampling_info=info,
+                device=logits.device,
+                barrier=grammar_barrier,
+            )
+            if mask is not None:
+                mask.apply(logits)
+        if info.logit_bias is not None:
+            logits.view(tree.tokens.shape[0], tree.num_nodes, -1).add_(info.logit_bias[:, None, :])
+        if info.has_custom_logit_processor:
+            apply_custom_logit_processor(logits, info, num_tokens_in_batch=tree.num_nodes)
 
     # ----------------------------------------------------------------- accept
 
-    def _accept(self, batch, candidates, logits_output, target_top1) -> Acceptance:
-        sampling_info = batch.sampling_info
-        if sampling_info is None or sampling_info.is_all_greedy:
-            if target_top1 is None:
-                target_top1 = logits_output.next_token_logits.argmax(dim=-1)
-            return accept_greedy(candidates, target_top1)
-        return accept_by_rejection(candidates, logits_output.next_token_logits, sampling_info)
+    def _accept(self, batch: ScheduleBatch, tree: DraftTree, logits_output) -> Acceptance:
+        choices = target_choices(
+            logits_output.next_token_logits, batch.sampling_info, tree.positions.reshape(-1)
+        )
+        return walk_tree(tree, choices)
 
     # ----------------------------------------------------------------- commit
 
     def _commit(
         self,
         batch: ScheduleBatch,
-        block: Block,
+        window: StepWindow,
+        tree: DraftTree,
         logits_output,
         acceptance: Acceptance,
         can_run_graph: bool,
         on_publish,
     ) -> GenerationBatchResult:
-        size = int(self.block_size)
+        bs, n = tree.tokens.shape
         commit_lens = acceptance.commit_lens
+        rows = path_rows(acceptance.path, n)  # [bs, D+1]
         if batch.return_logprob:
             compute_spec_logprobs(
-                batch, logits_output, acceptance.out_tokens.reshape(-1), chain_stride=size
+                batch, logits_output, acceptance.choices.reshape(-1), accept_index=rows
             )
-        new_seq_lens = block.prefix_lens + commit_lens.to(block.prefix_lens.dtype)
+        new_seq_lens = window.prefix_lens + commit_lens.to(window.prefix_lens.dtype)
         if on_publish is not None:
             on_publish(new_seq_lens)
 
-        # Committed rows' target hidden states become the draft's context KV.
+        target_slots = window.kv_loc_plan.write_ids(self.model_runner.kv_index_translator).view(bs, -1)
+        compact_kv(self.model_runner.token_to_kv_pool, target_slots, acceptance.path, self.config.topk)
+        # The accepted nodes' target hidden states become the draft's context KV.
         hidden = logits_output.hidden_states
         if hidden is None:
             raise RuntimeError(f"{ALGORITHM_NAME}: target verify returned no hidden states.")
-        cache_loc = self._draft_write_ids(block.kv_loc_plan)
+        width = rows.shape[1]
+        draft_slots = window.kv_loc_plan.write_ids(
+            self.draft_model_runner.kv_index_translator, cols=slice(0, width)
+        )
         self._append_target_hidden_to_draft_kv_by_loc(
-            target_hidden=hidden.reshape(-1, hidden.shape[-1]),
-            cache_loc=cache_loc,
-            cache_loc_2d=cache_loc.view(block.cache_loc.shape),
-            positions=block.positions.reshape(-1),
+            target_hidden=hidden.reshape(bs * n, -1)[rows.reshape(-1)],
+            cache_loc=draft_slots,
+            cache_loc_2d=draft_slots.view(bs, width),
+            positions=(window.prefix_lens[:, None].long() + torch.arange(width, device=self.device)).reshape(-1),
             commit_lens=commit_lens,
         )
         logits_output.hidden_states = None
-        self.stats.record(commit_lens)
+        if PenaltyState.needed(batch.sampling_info):
+            self.penalties.commit(batch.req_pool_indices, acceptance.out_tokens, commit_lens)
+        on_path = acceptance.path > 0  # accepted drafts (the root excluded)
+        self.stats.record(commit_lens, on_path & ~tree.is_top1.gather(1, acceptance.path.clamp(min=0)))
 
         return GenerationBatchResult(
             logits_output=logits_output,
@@ -348,6 +399,7 @@ class SglDFlashWorker(DFlashWorkerV2):
             next_draft_input=make_draft_input_v2(
                 bonus_tokens=acceptance.bonus, new_seq_lens=new_seq_lens
             ),
-            speculative_num_draft_tokens=size,
+            speculative_num_draft_tokens=n,
+            speculative_output_stride=width,
             new_seq_lens=new_seq_lens,
         )

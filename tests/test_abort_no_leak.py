@@ -19,10 +19,15 @@ import requests
 N_REQUESTS = 200
 
 
-@pytest.fixture(scope="module", params=["random", "zero_head"])
+# The chain, and a 4-ary tree of 85 nodes accepting whole blocks every step
+# (zero_head: every step moves the accepted path's KV into place).
+@pytest.fixture(scope="module", params=[("random", 1, 4), ("zero_head", 4, 85)], ids=["chain", "tree"])
 def spec(request, tiny_pair, start_servers):
-    target, draft = tiny_pair(request.param)
-    (server,) = start_servers({"model": target, "draft": draft, "block_size": 4})
+    flavour, topk, nodes = request.param
+    target, draft = tiny_pair(flavour)
+    (server,) = start_servers(
+        {"model": target, "draft": draft, "block_size": nodes, "extra": ("--speculative-eagle-topk", str(topk))}
+    )
     return server
 
 

@@ -1,4 +1,4 @@
-"""The accept policies: greedy prefix matching and lossless rejection sampling."""
+"""The accept policy over a tree: greedy walks, and sampled walks that keep the target's distribution."""
 
 from __future__ import annotations
 
@@ -6,77 +6,113 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from sampling_reference import reference_probs
 from scipy.stats import chisquare
 
-from sampling_reference import reference_probs
+from sgl_dflash.acceptance import target_choices, walk_tree
+from sgl_dflash.tree import make_tree
 
-from sgl_dflash.acceptance import accept_by_rejection, accept_greedy, target_probs
+NO_TOP_K = 1 << 30
 
 
-def sampling(bs, temperature=1.0, top_k=1 << 30, top_p=1.0, min_p=0.0):
-    return SimpleNamespace(
+class Info(SimpleNamespace):
+    """The fields of SGLang's SamplingBatchInfo that the accept step reads."""
+
+    def __len__(self) -> int:
+        return self.temperatures.shape[0]
+
+
+def info(bs: int, temperature=1.0, top_k=NO_TOP_K, top_p=1.0, min_p=0.0) -> Info:
+    return Info(
         temperatures=torch.full((bs, 1), temperature),
         top_ks=torch.full((bs,), top_k, dtype=torch.int32),
         top_ps=torch.full((bs,), top_p),
         min_ps=torch.full((bs,), min_p),
-        need_top_k_sampling=top_k < 1 << 30,
+        need_top_k_sampling=top_k < NO_TOP_K,
         need_top_p_sampling=top_p < 1.0,
         need_min_p_sampling=min_p > 0.0,
         is_all_greedy=False,
+        sampling_seed=None,
     )
 
 
-@pytest.mark.parametrize(
-    "params", [dict(temperature=1.0), dict(temperature=0.7, top_k=3), dict(temperature=1.3, top_p=0.8),
-               dict(temperature=1.0, min_p=0.2)]
-)
-def test_target_probs_match_sampler_semantics(params):
+def fixed_tree(bs: int):
+    """Top-2 drafts at 3 positions, 9 nodes (token(node)):
+
+    root 5 -> 0(1) -> 2(2) -> 4(4)        0(1) -> 3(7) -> 4(8)
+    root 5 -> 1(3) -> 2(5) -> 4(6)
+    Nodes 3 and 7 are non-first children; 5, 6 and 8 lie below them.
+    """
+    ids = torch.tensor([[0, 1], [2, 3], [4, 5]]).expand(bs, 3, 2)
+    probs = torch.tensor([[0.6, 0.4], [0.7, 0.3], [0.8, 0.2]]).expand(bs, 3, 2)
+    tree = make_tree(torch.full((bs,), 5), ids, probs, 9, torch.zeros(bs, dtype=torch.long))
+    assert tree.tokens[0].tolist() == [5, 0, 2, 1, 4, 2, 4, 3, 4]
+    assert tree.parents[0].tolist() == [-1, 0, 1, 0, 2, 3, 5, 1, 7]
+    return tree
+
+
+def test_greedy_walk_follows_the_targets_choices():
+    tree = fixed_tree(2)
+    choices = torch.tensor([[1, 0, 0, 2, 0, 0, 0, 0, 0],  # root -> 1 (node 3) -> 2 (node 5) -> then 0: no such child
+                            [0, 3, 0, 0, 0, 0, 0, 4, 1]])  # root -> 0 -> 3 (node 7) -> 4 (node 8) -> bonus 1
+    acc = walk_tree(tree, choices)
+    assert acc.accept_len.tolist() == [2, 3]
+    assert acc.path.tolist() == [[0, 3, 5, -1], [0, 1, 7, 8]]
+    assert acc.bonus.tolist() == [0, 1]
+    assert acc.out_tokens.tolist() == [[1, 2, 0, 0], [0, 3, 4, 1]]
+    assert target_choices(torch.eye(6)[[3, 1]], None, torch.zeros(2)).tolist() == [[3], [1]]
+
+
+@pytest.mark.parametrize("params", [dict(temperature=1.0), dict(temperature=0.7, top_k=4),
+                                    dict(temperature=1.3, top_p=0.8), dict(temperature=1.0, min_p=0.2)])
+def test_target_choices_follow_sglang_sampler_semantics(params):
     gen = torch.Generator().manual_seed(1)
-    logits = torch.randn(6, 11, generator=gen) * 2
-    full = dict(temperature=1.0, top_k=1 << 30, top_p=1.0, min_p=0.0) | params
-    got = target_probs(logits, sampling(2, **full), block=3)
-    for row in range(6):
-        torch.testing.assert_close(got[row], reference_probs(logits[row], **full).float())
-
-
-def test_greedy_policy():
-    cand = torch.tensor([[5, 1, 2], [5, 3, 3]])
-    logits = torch.nn.functional.one_hot(torch.tensor([1, 2, 9, 1, 4, 9]), 10).float()
-    acc = accept_greedy(cand, logits.argmax(-1))
-    assert acc.accept_len.tolist() == [2, 0]
-    assert acc.bonus.tolist() == [9, 1]
-    assert acc.commit_lens.tolist() == [3, 1]
+    row = torch.randn(8, generator=gen) * 2
+    n = 20000
+    picks = target_choices(row.repeat(n, 1), info(n, **params), torch.zeros(n, dtype=torch.long)).view(-1)
+    full = dict(temperature=1.0, top_k=NO_TOP_K, top_p=1.0, min_p=0.0) | params
+    assert_follows(picks, reference_probs(row, **full).float())
 
 
 @pytest.mark.parametrize("params", [dict(temperature=1.0), dict(temperature=0.8, top_k=4, top_p=0.9)])
-def test_rejection_sampling_is_lossless(params):
-    """Tokens from the spec sampler follow the target distribution at every depth.
+def test_sampled_tree_walk_is_lossless(params):
+    """Committed tokens follow the target's conditional at every depth, through branch nodes.
 
-    Block of 3 with fixed drafts; the distribution of the first committed token
-    must be p_0, and of the second given the first was the accepted draft, p_1.
+    Each node has its own target distribution (its logits row). Given that the
+    first committed tokens took the walk to node c, the next committed token
+    must follow node c's distribution, whichever child (first or not) c was.
     """
-    vocab, n = 6, 40000
-    gen = torch.Generator().manual_seed(7)
-    row_logits = torch.randn(3, vocab, generator=gen) * 1.5
-    full = dict(temperature=1.0, top_k=1 << 30, top_p=1.0, min_p=0.0) | params
-    ref = torch.stack([reference_probs(r, **full).float() for r in row_logits])
-    draft = int(ref[0].argmax())  # a draft the target likes, so both paths occur
-    cand = torch.tensor([[0, draft, draft]]).repeat(n, 1)
-    logits = row_logits.repeat(n, 1)
-    acc = accept_by_rejection(cand, logits, sampling(n, **full), generator=gen)
-
-    first = acc.out_tokens[:, 0]
-    assert_follows(first, ref[0])
-    # The residual excludes the draft, so first == draft means it was accepted.
-    kept = first == draft
-    assert 0 < int(kept.sum()) < n
-    assert_follows(acc.out_tokens[kept, 1], ref[1])
+    n, vocab = 30000, 6
+    tree = fixed_tree(n)
+    gen = torch.Generator().manual_seed(3)
+    node_logits = torch.randn(9, vocab, generator=gen) * 1.2
+    torch.manual_seed(0)
+    choices = target_choices(node_logits.repeat(n, 1), info(n, **params), tree.positions.reshape(-1))
+    acc = walk_tree(tree, choices)
+    full = dict(temperature=1.0, top_k=NO_TOP_K, top_p=1.0, min_p=0.0) | params
+    ref = [reference_probs(r, **full).float() for r in node_logits]
+    tokens, parents, depths = tree.tokens[0].tolist(), tree.parents[0].tolist(), tree.depths[0].tolist()
+    assert_follows(acc.out_tokens[:, 0], ref[0])
+    checked_branch = False
+    for node in range(1, 9):
+        path = [node]
+        while parents[path[-1]] > 0:
+            path.append(parents[path[-1]])
+        prefix = torch.tensor([tokens[i] for i in reversed(path)])
+        reached = (acc.out_tokens[:, : len(prefix)] == prefix).all(1) & (acc.commit_lens > len(prefix))
+        if int(reached.sum()) < 2000:
+            continue
+        assert_follows(acc.out_tokens[reached, len(prefix)], ref[node])
+        checked_branch |= depths[node] >= 2 and any(tokens[i] in (1, 3) for i in path)
+    assert checked_branch  # a depth >= 2 node under a non-first child was tested
 
 
 def assert_follows(samples: torch.Tensor, probs: torch.Tensor) -> None:
-    counts = torch.bincount(samples, minlength=probs.numel()).double()
+    counts = torch.bincount(samples.long(), minlength=probs.numel()).double()
     support = probs > 0
-    assert counts[~support].sum() == 0
+    assert counts[~support].sum() == 0, "sampled a token the target's sampler can never emit"
+    if int(support.sum()) == 1:
+        return  # one possible token, and only it was sampled
     expected = probs[support].double()
     expected = expected / expected.sum() * counts[support].sum()
     assert chisquare(counts[support], expected).pvalue > 1e-4

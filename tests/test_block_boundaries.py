@@ -5,6 +5,8 @@
 * chain target: greedy continuation is D, EOS, EOS, ...; the drafter proposes
   EOS at every masked position, so the first speculative step accepts a full
   block that starts with EOS: everything after the EOS must be dropped.
+* zero_head with a 4-ary tree of 85 nodes (N > B): the all-zero path is one
+  of 64 leaves, far from the diagonal, so every step moves its KV.
 Each is compared with a plain server on the same target.
 """
 
@@ -20,22 +22,29 @@ BLOCK = 4
 PROMPTS = ["abc", "hello world", "x = 1\ny = ", "The answer is"]
 
 
+def tree(k: int, n: int) -> dict:
+    return {"block_size": n, "extra": ("--speculative-eagle-topk", str(k))}
+
+
 @pytest.fixture(scope="module")
 def servers(tiny_pair, start_servers):
     zero_t, zero_d = tiny_pair("zero_head")
     chain_t, chain_d = tiny_pair("chain")
-    plain_zero, spec_zero, plain_chain, spec_chain = start_servers(
+    started = start_servers(
         {"model": zero_t},
         {"model": zero_t, "draft": zero_d, "block_size": BLOCK},
+        {"model": zero_t, "draft": zero_d, **tree(4, 85)},
         {"model": chain_t},
         {"model": chain_t, "draft": chain_d, "block_size": BLOCK},
     )
-    return {"zero": (plain_zero, spec_zero), "chain": (plain_chain, spec_chain)}
+    plain_zero, spec_zero, tree_zero, plain_chain, spec_chain = started
+    return {"zero": (plain_zero, spec_zero), "zero tree": (plain_zero, tree_zero), "chain": (plain_chain, spec_chain)}
 
 
 @pytest.mark.parametrize("max_tokens", [1, 2, 4, 5, 6, 8, 9, 13, 31])
-def test_full_acceptance_any_length(servers, max_tokens):
-    plain, spec = servers["zero"]
+@pytest.mark.parametrize("shape", ["zero", "zero tree"])
+def test_full_acceptance_any_length(servers, max_tokens, shape):
+    plain, spec = servers[shape]
     for prompt in PROMPTS:
         a = plain.generate(prompt, max_new_tokens=max_tokens, temperature=0)
         b = spec.generate(prompt, max_new_tokens=max_tokens, temperature=0)
@@ -93,3 +102,4 @@ def test_server_log_shows_running_mean_accept_length(servers):
     log = spec.log()
     assert "SGL_DFLASH running mean accept length" in log
     assert "accept len:" in log  # SGLang's own per-interval decode log
+

@@ -1,10 +1,13 @@
 """Greedy SGL_DFLASH output equals plain decoding token for token (random tiny Qwen3).
 
-One plain server and one SGL_DFLASH server (block 4) on the same target; every
-test sends the same requests to both and compares output ids, text and finish
-reasons. Covers single and 16 concurrent requests, shared prefixes (radix
-hits), max_tokens ending mid-block, stop strings, natural EOS, the OpenAI API
-and SGLang frontend programs.
+One plain server and SGL_DFLASH servers (block 4) on the same target, one per
+tree shape: the chain (top-k 1, 4 nodes), a binary tree (top-k 2, 7 nodes,
+every path to full depth) and a wide tree with more nodes than the block
+(top-k 4, 10 nodes). Every test sends the same requests to all and compares
+output ids, text and finish reasons. Covers single and 16 concurrent
+requests, shared prefixes (radix hits), max_tokens ending mid-block and
+inside an accepted path, stop strings, natural EOS, the OpenAI API and
+SGLang frontend programs.
 """
 
 from __future__ import annotations
@@ -30,11 +33,24 @@ PROMPTS = [p + s for p in PREFIXES for s in SUFFIXES]
 MAX_TOKENS = [1 + (7 * i) % 27 for i in range(len(PROMPTS))]
 
 
+TREES = {"chain k1 n4": (1, 4), "tree k2 n7": (2, 7), "tree k4 n10": (4, 10)}
+
+
 @pytest.fixture(scope="module")
-def servers(tiny_pair, start_servers):
+def all_servers(tiny_pair, start_servers):
     target, draft = tiny_pair("random")
-    plain, spec = start_servers({"model": target}, {"model": target, "draft": draft, "block_size": BLOCK})
-    return plain, spec
+    specs = [
+        {"model": target, "draft": draft, "block_size": n, "extra": ("--speculative-eagle-topk", str(k))}
+        for k, n in TREES.values()
+    ]
+    plain, *spec = start_servers({"model": target}, *specs)
+    return plain, dict(zip(TREES, spec))
+
+
+@pytest.fixture(scope="module", params=list(TREES))
+def servers(all_servers, request):
+    plain, spec = all_servers
+    return plain, spec[request.param]
 
 
 def same(a: dict, b: dict) -> None:

@@ -56,3 +56,41 @@ def test_spec_sampling_matches_target_distribution(setup, params):
         obs, exp, outside_support = grouped_counts(samples, probs)
         assert outside_support == 0, "sampled a token the target's sampler can never emit"
         assert chisquare(obs, exp).pvalue > 1e-4, (depth, obs.tolist(), exp.tolist())
+
+
+@pytest.fixture(scope="module")
+def branchy(tiny_pair, start_servers):
+    from transformers import AutoModelForCausalLM
+
+    target, draft = tiny_pair("branchy")
+    (tree,) = start_servers(
+        {"model": target, "draft": draft, "block_size": 7, "extra": ("--speculative-eagle-topk", "2")}
+    )
+    return tree, AutoModelForCausalLM.from_pretrained(target, dtype=torch.float32)
+
+
+# Temperatures near 1: colder, the target's continuations are near-certain and test nothing.
+@pytest.mark.parametrize("params", [dict(temperature=1.0), dict(temperature=0.9, top_k=8)],
+                         ids=lambda p: ",".join(f"{k}={v}" for k, v in p.items()))
+def test_tree_sampling_through_branches_matches_target(branchy, params):
+    """Through a top-2 tree: the drafter ranks a first and b second at every depth,
+    the target mostly continues a -> b -> a. Given committed (a, b), the next
+    token comes out of node b, a non-top-1 branch at depth 1; given (a, b, a),
+    out of the depth-2 node below it. Both must follow the target's distribution."""
+    from sgl_dflash.tiny_models import BRANCHY_A as A, BRANCHY_B as B
+
+    server, model = branchy
+    prompt = list(b"hello ")
+    outs = []
+    for _ in range(REQUESTS // PER_CALL):
+        res = server.generate([prompt] * PER_CALL, max_new_tokens=4, ignore_eos=True, **params)
+        outs += [r["output_ids"] for r in res]
+    for context in ([A, B], [A, B, A]):
+        samples = [o[len(context)] for o in outs if o[: len(context)] == context]
+        assert len(samples) > 150, (context, len(samples))
+        with torch.no_grad():
+            logits = model(torch.tensor([prompt + context])).logits[0, -1]
+        obs, exp, outside_support = grouped_counts(samples, reference_probs(logits, **params))
+        assert outside_support == 0, "sampled a token the target's sampler can never emit"
+        assert chisquare(obs, exp).pvalue > 1e-4, (context, obs.tolist(), exp.tolist())
+    assert "non-top-1 branch taken" in server.log()

@@ -101,15 +101,18 @@ def test_cached_target_states_equal_a_fresh_target_pass(target):
         torch.testing.assert_close(final[k, :n], fresh_final[k, :n])
 
 
-def test_reference_sampling_at_low_temperature_is_greedy(target, target_path):
-    """The sampled accept rule keeps a draft with probability p(draft): near temperature 0
-    p is one-hot on the argmax, so it must reproduce greedy speculative decoding."""
+@pytest.mark.parametrize("topk,num_nodes", [(1, BLOCK), (3, 10)])
+def test_reference_decoder_is_exact(target, target_path, topk, num_nodes):
+    """Greedy tree decoding reproduces the target's own greedy output; sampling near
+    temperature 0 (a sample at every node) reproduces greedy decoding."""
     drafter = make_drafter(target_path)
-    propose = dflash_proposer(target, drafter)
+    propose = dflash_proposer(target, drafter, topk)
     prompt = torch.randint(0, 256, (10,), generator=torch.Generator().manual_seed(5)).tolist()
-    greedy = speculative_decode(target, propose, prompt, 24, BLOCK)
+    plain, _ = speculative_decode(target, None, prompt, 24, BLOCK)
+    greedy = speculative_decode(target, propose, prompt, 24, BLOCK, num_nodes=num_nodes)
     sampled = speculative_decode(target, propose, prompt, 24, BLOCK, temperature=1e-6,
-                                 generator=torch.Generator().manual_seed(0))
+                                 generator=torch.Generator().manual_seed(0), num_nodes=num_nodes)
+    assert greedy[0] == plain
     assert sampled == greedy
 
 

@@ -1,15 +1,20 @@
-"""Plain-torch speculative decoding, for evaluation and as the test reference.
+"""Plain-torch speculative decoding over draft trees, for evaluation and as the test reference.
 
-Runs the same algorithm as the SGL_DFLASH worker without SGLang: context =
-target hidden states of every committed token, block = [bonus, MASK...], one
-non-causal draft pass, one target verify pass, then the accept rule (greedy:
-longest matching prefix plus the target's bonus token; sampled: rejection
-sampling with the drafts as point masses). Recomputes the target over the
-whole sequence each step (fine for tiny models; it is a reference, not a server).
+Runs the same algorithm as the SGL_DFLASH worker without SGLang and without
+its code: context = target hidden states of every committed token, block =
+[bonus, MASK...], one non-causal draft pass giving each block position's
+top-K, a best-first tree of ``num_nodes`` nodes (heapq, same order and
+tie-breaks as the server), one target pass over the tree (each node sees the
+context and its ancestors), then the walk: at each node the target's argmax
+(greedy) or a sample at ``temperature``; descend to the child holding it
+while one exists; that token at the last node is the bonus. A chain is
+``topk=1``. Recomputes the target over the whole sequence each step (fine for
+tiny models; it is a reference, not a server).
 """
 
 from __future__ import annotations
 
+import heapq
 from typing import Callable, Optional
 
 import torch
@@ -17,16 +22,16 @@ import torch
 from sgl_dflash.training.dflash_trainer import target_features
 from sgl_dflash.training.drafter import DFlashDrafter
 
-# (committed tokens, bonus token, block size) -> B-1 draft tokens
-Proposer = Callable[[list[int], int, int], list[int]]
+# (committed tokens, bonus token, block size) -> (ids [B-1, K], probs [B-1, K]), most likely first
+Proposer = Callable[[list[int], int, int], tuple[torch.Tensor, torch.Tensor]]
 
 
-def dflash_proposer(target, drafter: DFlashDrafter) -> Proposer:
+def dflash_proposer(target, drafter: DFlashDrafter, topk: int = 1) -> Proposer:
     embed = target.get_input_embeddings().weight
     lm_head = target.get_output_embeddings().weight
 
     @torch.no_grad()
-    def propose(committed: list[int], bonus: int, block_size: int) -> list[int]:
+    def propose(committed: list[int], bonus: int, block_size: int) -> tuple[torch.Tensor, torch.Tensor]:
         t = len(committed)
         dev = embed.device
         feats = target_features(target, torch.tensor([committed], device=dev), drafter.target_layer_ids)
@@ -38,7 +43,8 @@ def dflash_proposer(target, drafter: DFlashDrafter) -> Proposer:
             torch.arange(t, device=dev)[None],
             torch.ones(1, block_size, t + block_size, dtype=torch.bool, device=dev),
         )
-        return (hidden[0, 1:] @ lm_head.T).argmax(-1).tolist()
+        probs, ids = (hidden[0, 1:] @ lm_head.T).float().softmax(-1).topk(topk, dim=-1)
+        return ids.cpu(), probs.cpu()
 
     return propose
 
@@ -46,7 +52,7 @@ def dflash_proposer(target, drafter: DFlashDrafter) -> Proposer:
 def ngram_proposer(max_n: int = 3) -> Proposer:
     """Prompt lookup: continue the most recent earlier occurrence of the longest matching suffix."""
 
-    def propose(committed: list[int], bonus: int, block_size: int) -> list[int]:
+    def drafts(committed: list[int], bonus: int, block_size: int) -> list[int]:
         seq = committed + [bonus]
         for n in range(min(max_n, len(seq) - 1), 0, -1):
             suffix = seq[-n:]
@@ -56,7 +62,31 @@ def ngram_proposer(max_n: int = 3) -> Proposer:
                     return (cont + [cont[-1]] * block_size)[: block_size - 1]
         return [bonus] * (block_size - 1)
 
+    def propose(committed: list[int], bonus: int, block_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        ids = torch.tensor(drafts(committed, bonus, block_size))[:, None]
+        return ids, torch.ones(ids.shape)
+
     return propose
+
+
+def best_first_tree(root: int, ids: torch.Tensor, probs: torch.Tensor, num_nodes: int) -> list[tuple[int, int, int]]:
+    """(token, parent, depth) of each node, best-first by path probability; ties: lower
+    depth, then parent's order, then rank. Node 0 is the root."""
+    positions, k = ids.shape
+    max_depth = min(positions, num_nodes - 1)
+    nodes = [(root, -1, 0)]
+    one = torch.tensor(1.0)  # fp32 products, multiplied in the server's order
+    frontier = [(-float(probs[0, 0]), 1, 0, 0, one)] if max_depth else []
+    while len(nodes) < num_nodes and frontier:
+        _, depth, parent, rank, parent_score = heapq.heappop(frontier)
+        score = parent_score * probs[depth - 1, rank]
+        nodes.append((int(ids[depth - 1, rank]), parent, depth))
+        if depth < max_depth:
+            heapq.heappush(frontier, (-float(score * probs[depth, 0]), depth + 1, len(nodes) - 1, 0, score))
+        if rank + 1 < k:
+            sibling = parent_score * probs[depth - 1, rank + 1]
+            heapq.heappush(frontier, (-float(sibling), depth, parent, rank + 1, parent_score))
+    return nodes
 
 
 @torch.no_grad()
@@ -69,48 +99,60 @@ def speculative_decode(
     eos_token_id: Optional[int] = None,
     temperature: float = 0.0,
     generator: Optional[torch.Generator] = None,
+    num_nodes: Optional[int] = None,
 ) -> tuple[list[int], list[int]]:
     """Returns (generated tokens, drafts accepted per speculative step). No proposer: tau = 1.
 
-    temperature 0: greedy, the longest prefix where the drafts equal the target argmax.
-    temperature > 0: the drafts are point masses, as in the server's rejection
-    sampling: draft d is kept with probability p(d), and the token after the last
-    kept draft is sampled from p with the rejected draft removed, so the output is
-    distributed exactly as the target's own samples at that temperature.
+    ``num_nodes`` (default: the block size) is the tree's node budget, root
+    included; the proposer's K sets the branching. temperature 0: greedy;
+    > 0: the target samples at every node (softmax(logits / T)), so every
+    committed token is the target's own sample given the ones before it.
     """
     dev = target.device
+    num_nodes = num_nodes or block_size
 
-    def sample(p: torch.Tensor) -> int:
-        return int(torch.multinomial(p, 1, generator=generator))
+    def pick(logits: torch.Tensor) -> int:
+        if temperature == 0:
+            return int(logits.argmax())
+        return int(torch.multinomial((logits / temperature).softmax(-1), 1, generator=generator))
 
-    def next_dists(ids: list[int], start: int) -> torch.Tensor:
-        logits = target(torch.tensor([ids], device=dev)).logits[0, start:].float().cpu()
-        return logits if temperature == 0 else (logits / temperature).softmax(-1)
+    def tree_logits(committed: list[int], nodes: list[tuple[int, int, int]]) -> torch.Tensor:
+        """Target logits after each node: the context causally, each node over its ancestors."""
+        p, n = len(committed), len(nodes)
+        mask = torch.ones(p + n, p + n, dtype=torch.bool).tril()
+        mask[p:, p:] = False
+        for i in range(n):
+            j = i
+            while j >= 0:
+                mask[p + i, p + j] = True
+                j = nodes[j][1]
+        ids = torch.tensor([committed + [t for t, _, _ in nodes]], device=dev)
+        positions = torch.tensor([list(range(p)) + [p + d for _, _, d in nodes]], device=dev)
+        bias = torch.zeros(mask.shape, device=dev).masked_fill(~mask.to(dev), float("-inf"))
+        out = target(ids, attention_mask=bias[None, None], position_ids=positions)
+        return out.logits[0, p:].float().cpu()
 
     committed = list(prompt)
-    dist = next_dists(committed, -1)[0]
-    bonus = int(dist.argmax()) if temperature == 0 else sample(dist)
+    bonus = pick(target(torch.tensor([committed], device=dev)).logits[0, -1].float().cpu())
     out, accepted = [bonus], []
     while len(out) < max_new_tokens and bonus != eos_token_id:
-        drafts = [] if propose is None else propose(committed, bonus, block_size)
-        dists = next_dists(committed + [bonus] + drafts, len(committed))
-        committed.append(bonus)
-        a = 0
-        if temperature == 0:
-            top1 = dists.argmax(-1).tolist()
-            while a < len(drafts) and drafts[a] == top1[a]:
-                a += 1
-            bonus = top1[a]
+        if propose is None:
+            nodes = [(bonus, -1, 0)]
         else:
-            while a < len(drafts) and float(torch.rand((), generator=generator)) < dists[a, drafts[a]]:
-                a += 1
-            residual = dists[a].clone()
-            if a < len(drafts):
-                residual[drafts[a]] = 0.0
-            bonus = sample(residual)
-        committed += drafts[:a]
-        out += drafts[:a] + [bonus]
-        accepted.append(a)
+            nodes = best_first_tree(bonus, *propose(committed, bonus, block_size), num_nodes)
+        logits = tree_logits(committed, nodes)
+        path, node = [], 0
+        while True:  # walk: the target's token at this node; descend if a child holds it
+            token = pick(logits[node])
+            child = next((i for i, (t, parent, _) in enumerate(nodes) if parent == node and t == token), None)
+            if child is None:
+                break
+            path.append(token)
+            node = child
+        committed += [bonus] + path
+        bonus = token
+        out += path + [bonus]
+        accepted.append(len(path))
     out = out[:max_new_tokens]
     if eos_token_id in out:
         out = out[: out.index(eos_token_id) + 1]

@@ -1,0 +1,117 @@
+"""The verify mask handed to the attention backends, and the CPU attention that reads it.
+
+SGLang's custom-mask semantics (its EAGLE tree verify, FlashInfer's
+``custom_mask``): per request, row-major [N, prefix_len + N] booleans, True =
+query node i may attend to that key. Checked against a dense reference built
+by walking parents; then the CPU verify attention with that mask against
+attention computed query by query over exactly the allowed keys.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from sgl_dflash.tree import make_tree
+from sgl_dflash.tree_mask import tree_custom_mask, verify_mask
+from sgl_dflash.verify_attention import block_verify_attention
+
+
+def random_tree(prefix_lens: list[int], positions: int, k: int, n: int, seed: int):
+    gen = torch.Generator().manual_seed(seed)
+    bs = len(prefix_lens)
+    probs, ids = torch.randn(bs, positions, 30, generator=gen).softmax(-1).topk(k, dim=-1)
+    root = torch.randint(0, 30, (bs,), generator=gen)
+    return make_tree(root, ids, probs, n, torch.tensor(prefix_lens))
+
+
+def dense_reference(tree, prefix_lens: list[int]) -> list[torch.Tensor]:
+    """Per request [N, prefix + N]: the whole prefix, then node i's ancestors and itself."""
+    out = []
+    for b, prefix in enumerate(prefix_lens):
+        n = tree.num_nodes
+        mask = torch.zeros(n, prefix + n, dtype=torch.bool)
+        mask[:, :prefix] = True
+        for i in range(n):
+            j = i
+            while j >= 0:
+                mask[i, prefix + j] = True
+                j = int(tree.parents[b, j])
+        out.append(mask)
+    return out
+
+
+@pytest.mark.parametrize("positions,k,n", [(3, 2, 7), (15, 4, 32), (7, 1, 8), (15, 8, 64), (5, 3, 1)])
+def test_custom_mask_matches_dense_reference(positions, k, n):
+    prefix_lens = [5, 0, 17]
+    tree = random_tree(prefix_lens, positions, k, n, seed=n)
+    total = sum(n * (p + n) for p in prefix_lens)
+    flat = tree_custom_mask(tree, torch.tensor(prefix_lens), total)
+    assert flat.shape == (total,) and flat.dtype == torch.bool
+    start = 0
+    for b, ref in enumerate(dense_reference(tree, prefix_lens)):
+        assert torch.equal(flat[start : start + ref.numel()].view_as(ref), ref), b
+        start += ref.numel()
+    # The tree tables agree with the same walk: depth = number of strict ancestors.
+    assert torch.equal(tree.ancestors.sum(-1) - 1, tree.depths)
+    assert torch.equal(tree.positions, torch.tensor(prefix_lens)[:, None] + tree.depths)
+
+
+def test_chain_needs_no_custom_mask():
+    prefix_lens = [4, 9]
+    chain = random_tree(prefix_lens, 7, 1, 8, seed=0)
+    assert verify_mask(chain, 1, torch.tensor(prefix_lens), sum(prefix_lens)) is None
+    # ... because a chain's ancestor mask is the causal mask.
+    for ref, prefix in zip(dense_reference(chain, prefix_lens), prefix_lens):
+        causal = torch.ones(8, prefix + 8, dtype=torch.bool).tril(diagonal=prefix)
+        assert torch.equal(ref, causal)
+
+
+def pool_and_queries(prefix_lens: list[int], new: int, seed: int):
+    gen = torch.Generator().manual_seed(seed)
+    hq, hk, d = 4, 2, 8
+    k_pool, v_pool = torch.randn(128, hk, d, generator=gen), torch.randn(128, hk, d, generator=gen)
+    req_to_token = torch.randperm(128, generator=gen)[: 3 * 40].view(3, 40)
+    q = torch.randn(len(prefix_lens) * new, hq, d, generator=gen)
+    return q, k_pool, v_pool, req_to_token
+
+
+def attend_one(q_row, k_pool, v_pool, locs, allowed, scale):
+    """One query over exactly the allowed keys, heads expanded for GQA."""
+    keys = k_pool[locs[allowed]].repeat_interleave(q_row.shape[0] // k_pool.shape[1], 1)
+    vals = v_pool[locs[allowed]].repeat_interleave(q_row.shape[0] // v_pool.shape[1], 1)
+    weights = F.softmax(torch.einsum("hd,khd->hk", q_row, keys) * scale, dim=-1)
+    return torch.einsum("hk,khd->hd", weights, vals)
+
+
+def test_tree_attention_matches_dense_reference():
+    prefix_lens, rows = [3, 0, 11], [2, 0, 1]
+    tree = random_tree(prefix_lens, 6, 3, 10, seed=3)
+    q, k_pool, v_pool, req_to_token = pool_and_queries(prefix_lens, 10, seed=3)
+    total = sum(10 * (p + 10) for p in prefix_lens)
+    mask = tree_custom_mask(tree, torch.tensor(prefix_lens), total)
+    out = block_verify_attention(
+        q, k_pool, v_pool, req_to_token, torch.tensor(rows), torch.tensor(prefix_lens),
+        causal=True, scaling=0.3, custom_mask=mask,
+    )
+    for b, (row, prefix, ref_mask) in enumerate(zip(rows, prefix_lens, dense_reference(tree, prefix_lens))):
+        locs = req_to_token[row, : prefix + 10]
+        for i in range(10):
+            expected = attend_one(q[b * 10 + i], k_pool, v_pool, locs, ref_mask[i], 0.3)
+            torch.testing.assert_close(out[b * 10 + i], expected)
+
+
+@pytest.mark.parametrize("causal", [True, False])
+def test_block_attention_causal_and_bidirectional(causal):
+    prefix_lens, rows = [3, 0, 5], [2, 0, 1]
+    q, k_pool, v_pool, req_to_token = pool_and_queries(prefix_lens, 4, seed=5)
+    out = block_verify_attention(
+        q, k_pool, v_pool, req_to_token, torch.tensor(rows), torch.tensor(prefix_lens),
+        causal=causal, scaling=0.3,
+    )
+    for b, (row, prefix) in enumerate(zip(rows, prefix_lens)):
+        locs = req_to_token[row, : prefix + 4]
+        for i in range(4):
+            allowed = torch.arange(prefix + 4) <= prefix + i if causal else torch.ones(prefix + 4, dtype=torch.bool)
+            torch.testing.assert_close(out[b * 4 + i], attend_one(q[b * 4 + i], k_pool, v_pool, locs, allowed, 0.3))
