@@ -16,7 +16,7 @@ rejection rule with the draft as a point mass.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Optional
 
 import torch
 from sglang.srt.layers.sampler import (
@@ -80,13 +80,17 @@ def target_choices(logits: torch.Tensor, sampling_info: Any, positions: torch.Te
     return picked.long().view(bs, -1)
 
 
-def walk_tree(tree: DraftTree, choices: torch.Tensor) -> Acceptance:
+def walk_tree(tree: DraftTree, choices: torch.Tensor, root_only: Optional[torch.Tensor] = None) -> Acceptance:
+    """``root_only [bs]`` (optional): requests that commit only the root's choice this step."""
     if choices.is_cuda:
         accept_len, path = tree_accept_triton(tree.tokens, tree.parents, choices, tree.max_depth)
     else:
         accept_len, path = tree_accept_torch(
             tree.tokens, tree.parents, tree.depths, choices, tree.ancestors, tree.path_table
         )
+    if root_only is not None:
+        accept_len = torch.where(root_only, 0, accept_len)
+        path = torch.cat([path[:, :1], torch.where(root_only[:, None], -1, path[:, 1:])], dim=1)
     last = path.gather(1, accept_len.long()[:, None]).squeeze(1)
     bonus = choices.gather(1, last[:, None]).squeeze(1)
     # Committed tokens: the choice at each accepted node is the next path token, then the bonus.

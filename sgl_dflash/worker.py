@@ -99,9 +99,8 @@ class SglDFlashWorker(DFlashWorkerV2):
     def penalties(self) -> PenaltyState:
         if self._penalties is None:
             runner = self.target_worker.model_runner
-            self._penalties = PenaltyState(
-                runner.req_to_token_pool.size, runner.model_config.vocab_size, self.device
-            )
+            slots = runner.req_to_token_pool.req_to_token.shape[0]  # request slot indices index its rows
+            self._penalties = PenaltyState(slots, runner.model_config.vocab_size, self.device)
         return self._penalties
 
     def _maybe_build_draft_sampler(self) -> DraftTopKHead:
@@ -340,10 +339,23 @@ class SglDFlashWorker(DFlashWorkerV2):
     # ----------------------------------------------------------------- accept
 
     def _accept(self, batch: ScheduleBatch, tree: DraftTree, logits_output) -> Acceptance:
-        choices = target_choices(
-            logits_output.next_token_logits, batch.sampling_info, tree.positions.reshape(-1)
-        )
-        return walk_tree(tree, choices)
+        info = batch.sampling_info
+        choices = target_choices(logits_output.next_token_logits, info, tree.positions.reshape(-1))
+        return walk_tree(tree, choices, self._root_only(info, tree.tokens.shape[0]))
+
+    def _root_only(self, info, bs: int) -> Optional[torch.Tensor]:
+        """Requests with a custom logit processor commit only the root's choice.
+
+        A processor may read the request's output so far (``__req__``), which
+        at a deeper node would lack the node's path; at the root it is exact,
+        so such a request decodes exactly as without speculation.
+        """
+        if info is None or not info.has_custom_logit_processor:
+            return None
+        rows = [r for entry in info.custom_logit_processor.values() for r in entry.rows]
+        mask = torch.zeros(bs, dtype=torch.bool)
+        mask[rows] = True
+        return mask.to(self.device)
 
     # ----------------------------------------------------------------- commit
 

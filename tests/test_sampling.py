@@ -69,14 +69,27 @@ def branchy(tiny_pair, start_servers):
     return tree, AutoModelForCausalLM.from_pretrained(target, dtype=torch.float32)
 
 
+def penalized(logits: torch.Tensor, history: list[int], params: dict) -> torch.Tensor:
+    """SGLang's frequency and presence penalties after the output tokens `history`."""
+    out = logits.clone()
+    for tok in set(history):
+        out[tok] -= params.get("frequency_penalty", 0.0) * history.count(tok) + params.get("presence_penalty", 0.0)
+    return out
+
+
 # Temperatures near 1: colder, the target's continuations are near-certain and test nothing.
-@pytest.mark.parametrize("params", [dict(temperature=1.0), dict(temperature=0.9, top_k=8)],
-                         ids=lambda p: ",".join(f"{k}={v}" for k, v in p.items()))
+@pytest.mark.parametrize(
+    "params",
+    [dict(temperature=1.0), dict(temperature=0.9, top_k=8),
+     dict(temperature=1.0, frequency_penalty=0.6, presence_penalty=0.4)],
+    ids=lambda p: ",".join(f"{k}={v}" for k, v in p.items()),
+)
 def test_tree_sampling_through_branches_matches_target(branchy, params):
     """Through a top-2 tree: the drafter ranks a first and b second at every depth,
     the target mostly continues a -> b -> a. Given committed (a, b), the next
     token comes out of node b, a non-top-1 branch at depth 1; given (a, b, a),
-    out of the depth-2 node below it. Both must follow the target's distribution."""
+    out of the depth-2 node below it. Both must follow the target's distribution,
+    penalized (when asked) by the output so far, the path inside the tree included."""
     from sgl_dflash.tiny_models import BRANCHY_A as A, BRANCHY_B as B
 
     server, model = branchy
@@ -87,10 +100,12 @@ def test_tree_sampling_through_branches_matches_target(branchy, params):
         outs += [r["output_ids"] for r in res]
     for context in ([A, B], [A, B, A]):
         samples = [o[len(context)] for o in outs if o[: len(context)] == context]
-        assert len(samples) > 150, (context, len(samples))
+        assert len(samples) > 100, (context, len(samples))
         with torch.no_grad():
             logits = model(torch.tensor([prompt + context])).logits[0, -1]
-        obs, exp, outside_support = grouped_counts(samples, reference_probs(logits, **params))
+        sampler = {k: v for k, v in params.items() if not k.endswith("_penalty")}
+        probs = reference_probs(penalized(logits, context, params), **sampler)
+        obs, exp, outside_support = grouped_counts(samples, probs)
         assert outside_support == 0, "sampled a token the target's sampler can never emit"
         assert chisquare(obs, exp).pvalue > 1e-4, (context, obs.tolist(), exp.tolist())
     assert "non-top-1 branch taken" in server.log()
