@@ -1,121 +1,378 @@
-"""Plain decoding vs built-in DFLASH vs SGL_DFLASH on the same target/draft, side by side.
+"""Serving benchmark: plain vs built-in DFLASH vs SGL_DFLASH, measured by SGLang's own bench_serving.
 
-Sends the same greedy workload to plain, built-in DFLASH and SGL_DFLASH
-servers, one server at a time (idle SGLang servers poll and would steal CPU),
-in --rounds rounds whose server order rotates, so drift in the machine's
-speed hits all three alike.
-Prints the median tokens/s with its min-max range, the ratios of the medians
-to plain decoding and to the built-in DFLASH, and the mean accept length
-(committed tokens per verify step). Writes the table to --out as markdown.
+Each mode is a server started with the same target (one at a time: idle
+SGLang servers poll and would steal CPU); SGLang's bench_serving
+(`python -m sglang.bench_serving`, whose implementation is
+`sglang.benchmark.serving`: run in this process through its own CLI parser,
+so its import is paid once; the equivalent command is written to the report)
+sends it the same held-out stdlib prompts (a local custom JSONL dataset, the
+tokenizer from the local target dir, no hub) at each concurrency, greedy by
+default, with the prefix cache flushed after its warm-up. Rounds rotate the
+server order so drift in the machine's speed hits every mode alike; the
+report gives medians over rounds with min-max ranges.
 
-    python bench/compare.py                       # the shipped trained tiny pair, on CPU
-    python bench/compare.py --flavour zero_head   # a made-up pair where every draft is accepted
-    python bench/compare.py --target T --draft D --device cuda --block 16
+Reported per mode and concurrency: output tokens/s, the ratios to plain and
+to built-in DFLASH (measured side by side in the same run), accept length
+(the server's, over the measured requests), TTFT, TPOT and ITL (median and
+p99), and whether every output equals plain decoding's (greedy). With
+--step-timing, SGL_DFLASH servers run with SGL_DFLASH_STEP_TIMING=1 and the
+report adds their draft / verify / other ms per step, parsed from the log.
+Writes bench/results/serving-DEVICE-PAIR-DATE.md and .png.
+
+    python bench/compare.py                                # the inflated twin pair (made into .cache/ once)
+    python bench/compare.py --pair tiny --concurrency 1,2 --rounds 1
+    python bench/compare.py --target T --draft D --device cuda
+    python bench/compare.py --modes 'plain,DFLASH,SGL_DFLASH,SGL_DFLASH tree k4 n32=--speculative-eagle-topk 4 --speculative-num-draft-tokens 32'
+
+--modes is a comma-separated list of LABEL or LABEL=SERVER ARGS. The
+label's first word picks the server: `plain` (no speculation), `DFLASH`
+(SGLang's built-in) or `SGL_DFLASH` (this plugin); the rest of the label
+names the configuration, and SERVER ARGS (shell syntax) are added to that
+server's command line. A piece that does not start with one of those three
+words continues the previous entry, so server args may contain commas.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
+import json
+import os
 import platform
+import re
+import shlex
 import statistics
+import sys
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
+from unittest import mock
 
 from transformers import AutoTokenizer
 
 from sgl_dflash.draft_checkpoint import validate_draft
+from sgl_dflash.inflate import DEFAULT_DEPTH, DEFAULT_WIDTH, factor_type, inflate_pair, param_count
 from sgl_dflash.launcher import Server
 from sgl_dflash.training.corpus import heldout_prompts
-from sgl_dflash.tiny_models import make_pair
 
-ASSETS = Path(__file__).resolve().parent.parent / "sgl_dflash" / "assets"
+START = time.perf_counter()
+ROOT = Path(__file__).resolve().parent.parent
+ASSETS = ROOT / "sgl_dflash" / "assets"
+ALGORITHMS = ("plain", "DFLASH", "SGL_DFLASH")
+STEP_TIMING = re.compile(
+    r"SGL_DFLASH step timing over last 64 steps \(ms/step\): draft ([\d.]+) verify ([\d.]+) "
+    r"other ([\d.]+) \(batch ([\d.]+)\)"
+)
+# bench_serving result keys reported, with their table headers
+LATENCY = {"median_ttft_ms": "TTFT median", "median_tpot_ms": "TPOT median", "p99_tpot_ms": "TPOT p99",
+           "median_itl_ms": "ITL median", "p99_itl_ms": "ITL p99"}
 
-MODES = [("plain", None), ("DFLASH", "DFLASH"), ("SGL_DFLASH", "SGL_DFLASH")]
+
+@dataclass(frozen=True)
+class Mode:
+    """A named server configuration: its algorithm is the label's first word."""
+
+    label: str
+    extra: tuple[str, ...] = ()
+
+    @property
+    def algorithm(self) -> str:
+        return self.label.split()[0]
 
 
-def run_workload(server: Server, prompts: list[list[int]], concurrency: int, max_tokens: int) -> dict:
-    def one(prompt: list[int]) -> dict:
-        return server.generate(prompt, max_new_tokens=max_tokens, temperature=0, ignore_eos=True)
+def parse_modes(text: str) -> list[Mode]:
+    entries: list[str] = []
+    for piece in text.split(","):
+        if entries and piece.strip().split("=")[0].split()[:1] not in ([a] for a in ALGORITHMS):
+            entries[-1] += "," + piece  # a comma inside the previous entry's server args
+        else:
+            entries.append(piece.strip())
+    modes = []
+    for entry in entries:
+        label, _, args = entry.partition("=")
+        mode = Mode(" ".join(label.split()), tuple(shlex.split(args)))
+        if mode.algorithm not in ALGORITHMS:
+            raise SystemExit(f"--modes: {entry!r} must start with one of {', '.join(ALGORITHMS)}.")
+        modes.append(mode)
+    if len({m.label for m in modes}) != len(modes):
+        raise SystemExit(f"--modes: labels must be distinct, got {[m.label for m in modes]}.")
+    return modes
 
-    start = time.perf_counter()
-    with ThreadPoolExecutor(concurrency) as pool:
-        outs = list(pool.map(one, prompts))
-    wall = time.perf_counter() - start
-    tokens = sum(o["meta_info"]["completion_tokens"] for o in outs)
-    steps = sum(o["meta_info"].get("spec_verify_ct", 0) for o in outs)
-    return {"tok_s": tokens / wall, "tau": tokens / steps if steps else 1.0, "outputs": outs}
+
+@dataclass
+class Run:
+    """One bench_serving run (one mode, one concurrency, one round)."""
+
+    result: dict
+    step_timing: list[tuple[float, ...]] = field(default_factory=list)
+
+    @property
+    def tok_s(self) -> float:
+        return self.result["output_throughput"]
+
+
+def bench_serving_args(argv: list[str]) -> argparse.Namespace:
+    """argv parsed by bench_serving's own CLI (its parser is built inside cli_main)."""
+    from sglang.benchmark import serving  # on first use: the import takes ~20 s on CPU
+
+    captured: list[argparse.Namespace] = []
+    with mock.patch.object(serving, "run_benchmark", captured.append), \
+            mock.patch.object(sys, "argv", ["bench_serving", *argv]):
+        serving.cli_main()
+    return captured[0]
+
+
+def run_level(server: Server, argv: list[str], log: Path) -> Run:
+    from sglang.benchmark import serving
+
+    offset = len(server.log())
+    with log.open("a") as f, contextlib.redirect_stdout(f):
+        result = serving.run_benchmark(bench_serving_args(argv))
+    timing = [tuple(map(float, m.groups())) for m in STEP_TIMING.finditer(server.log()[offset:])]
+    return Run(result, timing)
+
+
+def bench_argv(args: argparse.Namespace, url: str, dataset: Path, concurrency: int, out: Path) -> list[str]:
+    return [
+        "--backend", "sglang", "--base-url", url, "--model", str(args.target), "--tokenizer", str(args.target),
+        "--dataset-name", "custom", "--dataset-path", str(dataset),
+        "--num-prompts", str(num_prompts(args, concurrency)), "--sharegpt-output-len", str(args.max_tokens),
+        "--max-concurrency", str(concurrency), "--temperature", str(args.temperature),
+        "--flush-cache", "--output-details", "--output-file", str(out), "--disable-tqdm", "--seed", "1",
+    ]
+
+
+def num_prompts(args: argparse.Namespace, concurrency: int) -> int:
+    return max(args.min_requests, args.requests_per_slot * concurrency)
+
+
+def write_dataset(args: argparse.Namespace, path: Path) -> None:
+    """Held-out stdlib windows (never trained on) as bench_serving's custom JSONL conversations."""
+    tok = AutoTokenizer.from_pretrained(args.target)
+    n = max(num_prompts(args, c) for c in args.concurrency)
+    with path.open("w") as f:
+        for ids in heldout_prompts(tok, n, args.prompt_len, seed=2):
+            # The second turn only sets the output length, which --sharegpt-output-len overrides.
+            turns = [{"content": tok.decode(ids)}, {"content": "-"}]
+            f.write(json.dumps({"conversations": turns}) + "\n")
+
+
+def resolve_pair(args: argparse.Namespace) -> str:
+    """Sets args.target/args.draft; returns the pair's name for the report."""
+    if args.target is not None:
+        if args.draft is None:
+            raise SystemExit("--target needs --draft.")
+        return args.target.name
+    if args.pair == "tiny":
+        args.target, args.draft = ASSETS / "tiny-target", ASSETS / "tiny-draft"
+        return "tiny"
+    cache = ROOT / ".cache" / f"twin-w{args.width}-d{args.depth}"
+    args.target, args.draft = cache / "target", cache / "draft"
+    if not all((p / "model.safetensors").is_file() for p in (args.target, args.draft)):
+        say(f"making the inflated twin in {cache} ...")
+        inflate_pair(cache, width=args.width, depth=args.depth)
+    return "twin"
+
+
+def device_name(device: str) -> str:
+    if device == "cuda":
+        import torch
+
+        return torch.cuda.get_device_name(0)
+    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                  if line.startswith("model name")), platform.machine())
+    return f"{model}, {os.cpu_count()} cores"
+
+
+def start(args: argparse.Namespace, mode: Mode, log: Path) -> Server:
+    env = {"OMP_NUM_THREADS": str(args.threads)} if args.device == "cpu" else {}
+    spec: dict = {}
+    if mode.algorithm != "plain":
+        spec = {"draft": args.draft, "algorithm": mode.algorithm}
+        if args.step_timing and mode.algorithm == "SGL_DFLASH":
+            env["SGL_DFLASH_STEP_TIMING"] = "1"
+    longest = args.prompt_len * 2 + args.max_tokens + 64  # re-tokenized text may be longer; spec headroom
+    # Log every decode step: the server's accept length (read by bench_serving) only counts logged steps.
+    extra = ("--decode-log-interval", "1", *mode.extra)
+    return Server(args.target, log, device=args.device, env=env, extra=extra,
+                  max_total_tokens=max(8192, max(args.concurrency) * longest), **spec).wait_ready()
+
+
+def median_range(values: list[float]) -> tuple[float, float, float]:
+    return statistics.median(values), min(values), max(values)
+
+
+def same_outputs(runs: dict, mode: Mode, plain: Mode, c: int) -> str:
+    """Requests whose output equals plain decoding's in the same round (greedy only)."""
+    pairs = [(a, b) for r_mode, r_plain in zip(runs[mode.label, c], runs[plain.label, c])
+             for a, b in zip(r_mode.result["generated_texts"], r_plain.result["generated_texts"])]
+    return f"{sum(a == b for a, b in pairs)}/{len(pairs)}"
+
+
+def report(args: argparse.Namespace, pair: str, modes: list[Mode], runs: dict, command: str) -> list[str]:
+    labels = {m.label for m in modes}
+    plain = next((m for m in modes if m.algorithm == "plain"), None)
+    lines = [
+        f"# Serving benchmark ({pair} pair, {args.device}), {datetime.date.today()}",
+        "",
+        f"device: {args.device} ({device_name(args.device)}"
+        + (f", server threads {args.threads}" if args.device == "cpu" else "") + ")",
+        f"target `{args.target}` ({param_count(args.target) / 1e6:.0f}M parameters), draft `{args.draft}` "
+        f"({param_count(args.draft) / 1e6:.0f}M parameters), block {args.block}",
+        f"workload: held-out stdlib windows of {args.prompt_len} tokens, {args.max_tokens} output tokens, "
+        f"temperature {args.temperature:g}, {args.requests_per_slot} x concurrency requests per level (at least "
+        f"{args.min_requests}); {args.rounds} rounds in rotating server order "
+        "(median over rounds, min-max in brackets)",
+        f"client: SGLang bench_serving, e.g. `{command}`",
+        "",
+        "| concurrency | mode | output tok/s | vs plain | vs built-in DFLASH | accept length | same as plain |",
+        "|---:|---|---:|---:|---:|---:|---:|",
+    ]
+    med = {key: statistics.median(r.tok_s for r in rs) for key, rs in runs.items()}
+    for c in args.concurrency:
+        for m in modes:
+            tok, lo, hi = median_range([r.tok_s for r in runs[m.label, c]])
+            accept = [r.result["accept_length"] for r in runs[m.label, c] if r.result.get("accept_length")]
+            cells = [
+                f"{tok:.1f} [{lo:.1f}-{hi:.1f}]",
+                f"{tok / med[plain.label, c]:.2f}x" if plain else "-",
+                f"{tok / med['DFLASH', c]:.2f}x" if "DFLASH" in labels else "-",
+                f"{statistics.median(accept):.2f}" if accept else "-",
+                same_outputs(runs, m, plain, c) if plain and args.temperature == 0 else "-",
+            ]
+            lines.append(f"| {c} | {m.label} | " + " | ".join(cells) + " |")
+    lines += ["", "Latency (ms, median over rounds of bench_serving's per-run figures):", "",
+              "| concurrency | mode | " + " | ".join(LATENCY.values()) + " |",
+              "|---:|---|" + "---:|" * len(LATENCY)]
+    for c in args.concurrency:
+        for m in modes:
+            cells = [f"{statistics.median(r.result[k] for r in runs[m.label, c]):.1f}" for k in LATENCY]
+            lines.append(f"| {c} | {m.label} | " + " | ".join(cells) + " |")
+    if args.step_timing:
+        lines += ["", *step_timing_table(args, modes, runs)]
+    return lines
+
+
+def step_timing_table(args: argparse.Namespace, modes: list[Mode], runs: dict) -> list[str]:
+    timed = [m for m in modes if m.algorithm == "SGL_DFLASH"]
+    rows = []
+    for c in args.concurrency:
+        for m in timed:
+            samples = [t for r in runs[m.label, c] for t in r.step_timing]
+            if samples:
+                draft, verify, other, batch = (statistics.fmean(col) for col in zip(*samples))
+                rows.append(f"| {c} | {m.label} | {draft:.2f} | {verify:.2f} | {other:.2f} | {batch:.1f} | "
+                            f"{len(samples)} |")
+    if not rows:
+        return ["Step timing: no `SGL_DFLASH step timing` lines in the SGL_DFLASH server logs (the worker "
+                "did not log them, or fewer than 64 steps ran per level)."]
+    return ["SGL_DFLASH time per speculative step (ms, mean of the worker's 64-step lines logged during "
+            "the level, SGL_DFLASH_STEP_TIMING=1; a line may cover steps of the level before):", "",
+            "| concurrency | mode | draft | verify | other | batch | lines |", "|---:|---|---:|---:|---:|---:|---:|",
+            *rows]
+
+
+def plot(args: argparse.Namespace, modes: list[Mode], runs: dict, title: str, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    plain = next((m for m in modes if m.algorithm == "plain"), None)
+    fig, axes = plt.subplots(1, 2 if plain else 1, figsize=(12 if plain else 6, 4.5), squeeze=False)
+    levels = args.concurrency
+    for m in modes:
+        med, lo, hi = zip(*(median_range([r.tok_s for r in runs[m.label, c]]) for c in levels))
+        axes[0, 0].errorbar(levels, med, yerr=[[a - b for a, b in zip(med, lo)], [b - a for a, b in zip(med, hi)]],
+                            marker="o", capsize=3, label=m.label)
+        if plain:
+            base = [statistics.median(r.tok_s for r in runs[plain.label, c]) for c in levels]
+            axes[0, 1].plot(levels, [a / b for a, b in zip(med, base)], marker="o", label=m.label)
+    axes[0, 0].set_ylabel("output tokens/s (median, min-max)")
+    if plain:
+        axes[0, 1].axhline(1.0, color="gray", lw=0.8)
+        axes[0, 1].set_ylabel("output tokens/s vs plain")
+    for ax in axes[0]:
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(levels, [str(c) for c in levels])
+        ax.set_xlabel("concurrency")
+        ax.legend()
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+
+
+def run_all(args: argparse.Namespace, modes: list[Mode], dataset: Path, work: Path) -> dict:
+    """Every mode at every concurrency, each round in a rotated server order."""
+    runs: dict[tuple[str, int], list[Run]] = {(m.label, c): [] for m in modes for c in args.concurrency}
+    for r in range(args.rounds):
+        for m in modes[r % len(modes):] + modes[: r % len(modes)]:
+            slug = re.sub(r"\W+", "_", m.label)
+            say(f"round {r + 1}/{args.rounds}: starting {m.label} server ...")
+            server = start(args, m, work / f"{slug}-r{r}.log")
+            try:
+                for c in args.concurrency:
+                    argv = bench_argv(args, server.url, dataset, c, work / f"{slug}-r{r}-c{c}.jsonl")
+                    run = run_level(server, argv, work / f"{slug}-r{r}.bench.log")
+                    runs[m.label, c].append(run)
+                    res = run.result
+                    accept = f"{res['accept_length']:.2f}" if res.get("accept_length") else "-"
+                    say(f"  {m.label:<12} concurrency {c:>3}: {run.tok_s:8.1f} tok/s  TPOT "
+                        f"{res['median_tpot_ms']:7.1f} ms  TTFT {res['median_ttft_ms']:7.1f} ms  accept {accept}  "
+                        f"({res['completed']} requests)")
+            finally:
+                server.stop()
+    return runs
+
+
+def say(msg: str) -> None:
+    print(f"[bench {(time.perf_counter() - START) / 60:5.1f} min] {msg}", flush=True)
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--target", type=Path)
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])
+    ap.add_argument("--pair", default="twin", choices=["twin", "tiny"],
+                    help="twin: the shipped pair inflated (sgl-dflash-make-tiny inflate), made once into .cache/")
+    ap.add_argument("--width", type=factor_type("width"), default=DEFAULT_WIDTH, help="twin width factor")
+    ap.add_argument("--depth", type=factor_type("depth"), default=DEFAULT_DEPTH, help="twin depth factor")
+    ap.add_argument("--target", type=Path, help="a real target instead of --pair (with --draft)")
     ap.add_argument("--draft", type=Path)
-    ap.add_argument("--flavour", help="make a tiny pair of this flavour (random, zero_head, chain) instead")
-    ap.add_argument("--block", type=int, help="default: the draft's block_size")
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    ap.add_argument("--requests", type=int, default=16)
-    ap.add_argument("--concurrency", default="1,8")
-    ap.add_argument("--max-tokens", type=int, default=64)
+    ap.add_argument("--threads", type=int, default=1, help="CPU server threads (the client needs a core too)")
+    ap.add_argument("--modes", default=",".join(ALGORITHMS), type=parse_modes, help="see below")
+    ap.add_argument("--concurrency", default=[1, 2, 4, 8, 16, 32], type=lambda s: [int(c) for c in s.split(",")])
+    ap.add_argument("--requests-per-slot", type=int, default=1, help="requests per level = this x concurrency ...")
+    ap.add_argument("--min-requests", type=int, default=4, help="... but at least this many")
+    ap.add_argument("--prompt-len", type=int, default=64, help="tokens per held-out prompt window")
+    ap.add_argument("--max-tokens", type=int, default=64, help="output tokens per request")
+    ap.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (outputs checked against plain)")
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--out", type=Path)
+    ap.add_argument("--step-timing", action="store_true", help="SGL_DFLASH draft/verify/other ms per step")
+    ap.add_argument("--out", type=Path, help="report path (.md; the plot goes next to it as .png)")
     args = ap.parse_args()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-    work = Path(tempfile.mkdtemp(prefix="sgl_dflash_bench_"))
-    if args.flavour:
-        args.target, args.draft = make_pair(work / args.flavour, flavour=args.flavour, block_size=args.block or 4)
-    elif args.target is None:
-        args.target, args.draft = ASSETS / "tiny-target", ASSETS / "tiny-draft"
-    # Resolves the block size as the server does (and fails the same way on a bad draft).
-    args.block = validate_draft(str(args.draft), str(args.target), args.block).block_size
-    levels = [int(c) for c in args.concurrency.split(",")]
-    # Code-completion workload: held-out windows of the Python standard library.
-    prompts = heldout_prompts(AutoTokenizer.from_pretrained(args.target), args.requests, 64, seed=2)
-    runs: dict[tuple[str, int], list[dict]] = {(name, c): [] for name, _ in MODES for c in levels}
-    for r in range(args.rounds):
-        for name, algorithm in MODES[r % len(MODES):] + MODES[: r % len(MODES)]:
-            spec = {} if algorithm is None else {"draft": args.draft, "algorithm": algorithm, "block_size": args.block}
-            print(f"[bench] round {r + 1}/{args.rounds}: starting {name} server ...", flush=True)
-            with Server(args.target, work / f"{name}.log", device=args.device, **spec) as server:
-                server.generate(prompts[0], max_new_tokens=8, temperature=0)
-                for c in levels:
-                    runs[name, c].append(out := run_workload(server, prompts, c, args.max_tokens))
-                    print(f"[bench] {name:<11} concurrency {c:>3}: {out['tok_s']:8.1f} tok/s  tau {out['tau']:.2f}",
-                          flush=True)
-    results = {key: {"tok_s": statistics.median(o["tok_s"] for o in outs), "lo": min(o["tok_s"] for o in outs),
-                     "hi": max(o["tok_s"] for o in outs), "tau": outs[0]["tau"], "outputs": outs[0]["outputs"]}
-               for key, outs in runs.items()}
+    pair = resolve_pair(args)
+    args.block = validate_draft(str(args.draft), str(args.target)).block_size
+    args.out = args.out or ROOT / "bench" / "results" / f"serving-{args.device}-{pair}-{datetime.date.today()}.md"
+    work = Path(tempfile.mkdtemp(prefix="sgl_dflash_serving_"))
+    dataset = work / "heldout.jsonl"
+    write_dataset(args, dataset)
+    say(f"{pair} pair: target {args.target}, draft {args.draft}; logs and raw results in {work}")
 
-    same = all(
-        [o["output_ids"] for o in results[name, c]["outputs"]] == [o["output_ids"] for o in results["plain", c]["outputs"]]
-        for name, _ in MODES for c in levels
-    )
-    lines = [
-        f"# sgl-dflash benchmark, {datetime.date.today()}",
-        "",
-        f"device: {args.device} ({platform.processor() or platform.machine()}); target {args.target}; "
-        f"draft {args.draft}; block {args.block}; {args.requests} requests x {args.max_tokens} tokens, greedy; "
-        f"{args.rounds} rounds in rotating server order (median tokens/s, min-max in brackets); "
-        f"outputs identical across modes: {same}",
-        "",
-        "| concurrency | mode | tokens/s | vs plain | vs built-in DFLASH | accept length |",
-        "|---:|---|---:|---:|---:|---:|",
-    ]
-    for c in levels:
-        for name, _ in MODES:
-            r = results[name, c]
-            lines.append(
-                f"| {c} | {name} | {r['tok_s']:.1f} [{r['lo']:.0f}-{r['hi']:.0f}] | "
-                f"{r['tok_s'] / results['plain', c]['tok_s']:.2f}x | "
-                f"{r['tok_s'] / results['DFLASH', c]['tok_s']:.2f}x | {r['tau']:.2f} |"
-            )
-    table = "\n".join(lines)
-    print(table)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(table + "\n")
+    runs = run_all(args, args.modes, dataset, work)
+    command = "python -m sglang.bench_serving " + shlex.join(
+        bench_argv(args, "http://HOST:PORT", dataset, args.concurrency[0], Path("OUT.jsonl")))
+    lines = report(args, pair, args.modes, runs, command)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text("\n".join(lines) + "\n")
+    plot(args, args.modes, runs, f"{pair} pair, {args.device} ({device_name(args.device)}), {datetime.date.today()}",
+         args.out.with_suffix(".png"))
+    print("\n".join(lines))
+    print(f"\nwrote {args.out} and {args.out.with_suffix('.png')}")
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 
 Everything here is made locally (no hub access): a byte-level tokenizer, a
 small Qwen3 or Llama target, and a DFlash draft in the public checkpoint
-format. Three target flavours:
+format. Four target flavours:
 
 * ``random``: random weights, for token-for-token exactness tests.
 * ``zero_head``: lm_head all zeros, so every logit ties and greedy decoding
@@ -12,19 +12,28 @@ format. Three target flavours:
   is ``D`` and then ``EOS EOS ...``; the draft proposes ``EOS`` at every masked
   position, so the first speculative step accepts a whole block that starts
   with EOS (exercises EOS inside an accepted block).
+* ``branchy``: hand-set weights whose greedy continuation alternates
+  ``a b a b ...`` while the drafter's distribution at every masked position
+  ranks ``a`` first and ``b`` second: the chain keeps missing, a top-2 tree
+  accepts whole blocks through non-top-1 branches.
 
 Usage: ``python -m sgl_dflash.tiny_models OUT_DIR [--flavour random] [--arch qwen3]``
 writes ``OUT_DIR/target`` and ``OUT_DIR/draft``.
+``sgl-dflash-make-tiny inflate OUT_DIR [--width W] [--depth D]`` writes the
+shipped trained pair's inflated twin instead (see ``sgl_dflash.inflate``).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
+
+from sgl_dflash.inflate import main as inflate_main
 
 EOS = "<|endoftext|>"
 MASK = "<|mask|>"
@@ -33,6 +42,7 @@ EOS_ID = NUM_BYTE_TOKENS
 MASK_ID = NUM_BYTE_TOKENS + 1
 VOCAB_SIZE = NUM_BYTE_TOKENS + 2
 CHAIN_D_ID = ord("=")  # the chain target's first continuation token
+BRANCHY_A, BRANCHY_B = ord("a"), ord("b")  # the branchy target's alternating tokens
 
 CHAT_TEMPLATE = (
     "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
@@ -219,6 +229,33 @@ def make_chain(
     tw["lm_head.weight"] = head
 
 
+def make_branchy(
+    tw: dict[str, torch.Tensor], dw: dict[str, torch.Tensor], cfg: dict, gen: torch.Generator
+) -> None:
+    """Greedy continuation: a -> b -> a, any other token -> a; every masked draft
+    position: a (p ~0.4), then b (p ~0.3), then the rest (~0.001 each).
+
+    As in make_chain, layers are silenced so the residual stream is the token
+    embedding; marker dims: 0 = a, 1 = b, 2 = MASK, 3 = every other token. The
+    target's margins (~5.5 logits) are wide for greedy and leave real mass on
+    the other tokens for sampling.
+    """
+    _silence_residual_writers(tw)
+    _silence_residual_writers(dw)
+    emb = tw["model.embed_tokens.weight"]
+    emb[:, :4] = 0.0
+    emb[:, 3] = 4.0
+    for tok, marker in ((BRANCHY_A, 0), (BRANCHY_B, 1), (MASK_ID, 2)):
+        emb[tok, 3], emb[tok, marker] = 0.0, 4.0
+    head = torch.randn(cfg["vocab_size"], cfg["hidden_size"], generator=gen) * 0.02
+    head[BRANCHY_B, 0] += 1.5  # a -> b
+    head[BRANCHY_A, 1] += 1.5  # b -> a
+    head[BRANCHY_A, 3] += 1.5  # other -> a
+    head[BRANCHY_A, 2] += 1.65  # MASK: a first ...
+    head[BRANCHY_B, 2] += 1.55  # ... b second
+    tw["lm_head.weight"] = head
+
+
 def make_pair(
     out: Path,
     *,
@@ -239,8 +276,10 @@ def make_pair(
         tw["lm_head.weight"].zero_()
     elif flavour == "chain":
         make_chain(tw, dw, tcfg, gen)
+    elif flavour == "branchy":
+        make_branchy(tw, dw, tcfg, gen)
     elif flavour != "random":
-        raise ValueError(f"unknown flavour {flavour!r}: expected random, zero_head or chain")
+        raise ValueError(f"unknown flavour {flavour!r}: expected random, zero_head, chain or branchy")
     target, draft = out / "target", out / "draft"
     for path, cfg, weights in ((target, tcfg, tw), (draft, dcfg, dw)):
         path.mkdir(parents=True, exist_ok=True)
@@ -253,14 +292,20 @@ def make_pair(
     return target, draft
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["inflate"]:
+        return inflate_main(argv[1:])
+    ap = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        epilog="`%(prog)s inflate --help`: the shipped pair's inflated twin, for benchmarks.",
+    )
     ap.add_argument("out", type=Path)
-    ap.add_argument("--flavour", default="random", choices=["random", "zero_head", "chain"])
+    ap.add_argument("--flavour", default="random", choices=["random", "zero_head", "chain", "branchy"])
     ap.add_argument("--arch", default="qwen3", choices=["qwen3", "llama"])
     ap.add_argument("--block-size", type=int, default=4)
     ap.add_argument("--seed", type=int, default=0)
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     target, draft = make_pair(
         args.out, flavour=args.flavour, arch=args.arch, block_size=args.block_size, seed=args.seed
     )
