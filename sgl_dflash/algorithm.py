@@ -8,8 +8,11 @@ answers like DFLASH everywhere except the worker and its own argument checks.
 
 from __future__ import annotations
 
+import json
 import logging
-from typing import Any
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Optional
 
 from sglang.srt.speculative.spec_info import SpeculativeAlgorithm
 from sglang.srt.speculative.spec_registry import CustomSpecAlgo
@@ -70,6 +73,11 @@ def resolve_server_args(args: Any) -> None:
 
     spec = validate_draft(args.speculative_draft_model_path, args.model_path)
     config = validate_tree(spec, args.speculative_eagle_topk, args.speculative_num_draft_tokens)
+    if getattr(args, "speculative_adaptive", False):
+        config = replace(config, adaptive=_adaptive_knobs(args.speculative_adaptive_config, config.node_budget))
+        # The controller is ours; SGLang's own adaptive mode (EAGLE step tables) stays off.
+        args.speculative_adaptive = False
+        args.speculative_adaptive_config = None
     config.publish()
     if getattr(args, "speculative_num_steps", None) not in (None, 1):
         logger.warning("%s ignores speculative_num_steps=%s.", ALGORITHM_NAME, args.speculative_num_steps)
@@ -92,15 +100,33 @@ def resolve_server_args(args: Any) -> None:
     if args.max_running_requests is None:
         args.max_running_requests = DEFAULT_MAX_RUNNING_REQUESTS
     logger.info(
-        "%s: draft %s, block size %d, top-k %d, node budget %d, target layers %s, mask token %d",
+        "%s: draft %s, block size %d, top-k %d, node budget %d%s, target layers %s, mask token %d",
         ALGORITHM_NAME,
         spec.path,
         spec.block_size,
         config.topk,
         config.node_budget,
+        " (adaptive)" if config.adaptive is not None else "",
         list(spec.target_layer_ids),
         spec.mask_token_id,
     )
+
+
+def _adaptive_knobs(path: Optional[str], node_budget: int) -> str:
+    """The JSON text of --speculative-adaptive-config ("" = defaults), validated now."""
+    from sgl_dflash.controller import ControllerConfig
+
+    text = ""
+    if path:
+        try:
+            text = Path(path).read_text()
+        except OSError as e:
+            raise ValueError(f"--speculative-adaptive-config {path!r}: {e.strerror}.") from None
+    try:
+        ControllerConfig.from_json(text, node_budget)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"--speculative-adaptive-config {path!r} is not valid JSON: {e}") from None
+    return text
 
 
 def _check_cpu_launch(args: Any) -> None:

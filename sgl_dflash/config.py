@@ -13,7 +13,8 @@ Terms (used throughout the package):
 * K, top-k: children per tree node, from each block position's top-K
   tokens (1 = a chain).
 * N, node budget: tree nodes verified per request per step, root (the bonus
-  token) included. The chain of a whole block is K = 1, N = B.
+  token) included. The chain of a whole block is K = 1, N = B. With the
+  adaptive controller N is the largest budget a step may use.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import asdict, dataclass
+from typing import Optional
 
 ENV_VAR = "SGL_DFLASH_CONFIG"
 
@@ -30,6 +32,7 @@ class SpecConfig:
     block_size: int  # B
     topk: int  # K
     node_budget: int  # N
+    adaptive: Optional[str] = None  # controller knobs (JSON text, "" = defaults); None = fixed budget N
 
     @property
     def window(self) -> int:

@@ -20,6 +20,7 @@ class StepWindow:
     prefix_lens: torch.Tensor  # [bs] committed tokens; the root (bonus) sits at this position
     slots: torch.Tensor  # [bs, W] reserved KV slots after the prefix, W = max(B, N)
     kv_loc_plan: Any  # SGLang KVLocPlan over `slots` (draft, verify and commit bind parts of it)
+    kv_lens_cpu: torch.Tensor  # [bs] int32 on the host: an upper bound of each KV length during the step
 
     @property
     def batch_size(self) -> int:
@@ -49,3 +50,19 @@ class DraftTree:
     @property
     def max_depth(self) -> int:
         return self.path_table.shape[2] - 1
+
+    def prefix(self, n: int) -> "DraftTree":
+        """The tree of the first n nodes: in best-first order, the best tree of n nodes."""
+        if n == self.num_nodes:
+            return self
+        depth = min(self.max_depth, n - 1)
+        return DraftTree(
+            tokens=self.tokens[:, :n],
+            parents=self.parents[:, :n],
+            depths=self.depths[:, :n],
+            scores=self.scores[:, :n],
+            is_top1=self.is_top1[:, :n],
+            positions=self.positions[:, :n],
+            ancestors=self.ancestors[:, :n, :n],
+            path_table=self.path_table[:, :n, : depth + 1],
+        )

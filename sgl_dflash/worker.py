@@ -23,6 +23,9 @@ decode step is ours, orchestrating one module per stage:
 from __future__ import annotations
 
 import logging
+import platform
+import time
+from pathlib import Path
 from typing import Callable, Optional
 
 import torch
@@ -52,11 +55,14 @@ from sgl_dflash.accept_stats import AcceptStats
 from sgl_dflash.acceptance import Acceptance, target_choices, walk_tree
 from sgl_dflash.commit import compact_kv, path_rows
 from sgl_dflash.config import SpecConfig
+from sgl_dflash.controller import BudgetController, ControllerConfig, StepRecord
+from sgl_dflash.cost_model import StepCostModel, default_profile_path
 from sgl_dflash.penalties import PenaltyState
 from sgl_dflash.step import DraftTree, StepWindow
 from sgl_dflash.step_timing import StepTimer
 from sgl_dflash.tree import DraftTopKHead, grammar_links, make_tree, root_tree
 from sgl_dflash.tree_mask import verify_mask
+from sgl_dflash.value_model import AcceptanceCalibration
 
 logger = logging.getLogger(__name__)
 
@@ -84,6 +90,11 @@ class SglDFlashWorker(DFlashWorkerV2):
         # Sized by the request pool, which exists only after alloc_memory_pool.
         self._head: Optional[DraftTopKHead] = None
         self._penalties: Optional[PenaltyState] = None
+        self.controller: Optional[BudgetController] = None  # built after the graphs: it profiles them
+        self._on_cpu = torch.device(self.device).type == "cpu"
+        self._last_step: Optional[tuple[float, float]] = None  # (start, forward seconds) on CPU
+        self._profile_context = 0  # prefix length of the cost profile's dummy requests
+        self._step_confidence = False  # the controller reads this step's trees back (stage 2)
 
     @property
     def head(self) -> DraftTopKHead:
@@ -107,6 +118,48 @@ class SglDFlashWorker(DFlashWorkerV2):
         # Folded into the captured draft graph by DFlashWorkerV2.init_cuda_graphs.
         return self.head
 
+    def init_cuda_graphs(self) -> None:
+        super().init_cuda_graphs()
+        if self.config.adaptive is not None:
+            self.controller = self._build_controller()
+
+    def _build_controller(self) -> BudgetController:
+        knobs = ControllerConfig.from_json(self.config.adaptive, self.config.node_budget)
+        runner = self.target_worker.model_runner
+        max_bs = runner.req_to_token_pool.size
+        key = {
+            "target": str(Path(runner.model_config.model_path).resolve()),
+            "draft": str(Path(self.draft_model_runner.model_config.model_path).resolve()),
+            "device": torch.cuda.get_device_name(self.device) if self.device != "cpu" else platform.processor() or platform.machine(),
+            "threads": torch.get_num_threads(),
+            "dtype": str(runner.dtype),
+            "block_size": self.config.block_size,
+            "topk": self.config.topk,
+            "budgets": list(knobs.budgets),
+            "max_bs": max_bs,
+            "context": knobs.profile_context,
+        }
+        path = Path(knobs.profile_path) if knobs.profile_path else default_profile_path(key)
+        self._profile_context = knobs.profile_context
+        self._step_confidence = self._on_cpu if knobs.use_step_confidence is None else knobs.use_step_confidence
+        costs = StepCostModel.load_or_measure(
+            path,
+            key,
+            lambda: StepCostModel.measure(
+                self._time_draft, self._time_verify, list(knobs.budgets), max_bs, knobs.profile_seconds
+            ),
+            list(knobs.budgets),
+        )
+        return BudgetController(knobs, costs, AcceptanceCalibration(self.device))
+
+    def on_verify_complete_cpu(self, num_correct_drafts_per_req: list[int], batch_size: int = 0) -> None:
+        if self.controller is not None:
+            self.controller.on_accepted(num_correct_drafts_per_req)
+
+    def note_request_finished(self, *, rid: str, natural_stop: bool) -> None:
+        if self.controller is not None:
+            self.controller.forget(rid)
+
     # ------------------------------------------------------------------ entry
 
     def forward_batch_generation(
@@ -126,16 +179,129 @@ class SglDFlashWorker(DFlashWorkerV2):
             # Under overlap scheduling seq_lens may come from another stream.
             batch.seq_lens.record_stream(torch.cuda.current_stream())
         start = self.timer.step_start()
-        num_nodes = self.config.node_budget
+        rids = [req.rid for req in batch.reqs]
+        budget = self.config.node_budget
+        if self.controller is not None:
+            budget = self.controller.before_draft(rids)
+        clock = self._clock()
         window = self._schedule(batch)
         with self.timer.stage("draft"):
-            tree = self._draft(batch, window, num_nodes)
+            # The largest budget is drafted: its prefixes price (and are) every smaller tree.
+            full_tree = self._draft(batch, window, self.config.node_budget if budget > 1 else 1)
+        drafted_clock = self._clock()
+        curves = host_curves = None
+        if self.controller is not None and budget > 1:
+            curves = self.controller.calibration.expected_commits(full_tree.scores, self.controller.budgets)
+            host_curves = curves.cpu() if self._step_confidence else None  # stage 2 waits for the draft
+            budget = self.controller.after_draft(rids, host_curves, budget)
+        tree = full_tree.prefix(budget)
         with self.timer.stage("verify"):
             logits_output, can_run_graph = self._verify(batch, window, tree, grammar_barrier)
         acceptance = self._accept(batch, tree, logits_output)
         result = self._commit(batch, window, tree, logits_output, acceptance, can_run_graph, on_publish)
+        if self.controller is not None:
+            clocks = (clock, drafted_clock, self._clock())
+            self._report(rids, budget, curves, host_curves, tree, acceptance, clocks)
         self.timer.step_done(start, window.batch_size)
         return result
+
+    def _report(self, rids, budget: int, curves, host_curves, tree: DraftTree, acceptance: Acceptance, clocks) -> None:
+        """Hand the step's statistics to the controller (without waiting for the device)."""
+        controller = self.controller
+        tokens, seconds = controller.prediction(rids, host_curves, budget)
+        if self._on_cpu:
+            start, drafted, end = clocks
+            if self._last_step is not None:
+                # Between back-to-back steps, the rest of the period is the scheduler's own work.
+                period, forward = start - self._last_step[0], self._last_step[1]
+                if period < 3 * forward:
+                    controller.costs.observe_overhead(period - forward)
+            self._last_step = (start, end - start)
+            timing = (drafted - start, end - drafted)
+        else:
+            timing = clocks
+        counts = None
+        if curves is not None:
+            counts = controller.calibration.step_counts(tree.scores, _on_path(acceptance.path, tree.num_nodes))
+        controller.after_step(StepRecord(rids, budget, tokens, seconds, curves, counts, timing))
+
+    def _clock(self):
+        """The host clock on CPU; a recorded CUDA event on GPU (read later, never waited for)."""
+        if self.controller is None:
+            return None
+        if self._on_cpu:
+            return time.perf_counter()
+        event = torch.cuda.Event(enable_timing=True)
+        event.record()
+        return event
+
+    # ---------------------------------------------------------- cost profile
+
+    def _time_draft(self, bs: int, _: int) -> float:
+        """Seconds of one draft pass over dummy requests (KV writes go to the sink slot)."""
+        prefix = self._dummy_prefix(bs)
+        window = self._dummy_window(bs, prefix)
+        root = torch.zeros(bs, dtype=torch.long, device=self.device)
+        return self._timed(lambda: self._draft_pass(root, window, prefix))
+
+    def _time_verify(self, bs: int, n: int) -> float:
+        """Seconds of one target verify pass of n nodes per dummy request."""
+        prefix = self._dummy_prefix(bs)
+        window = self._dummy_window(bs, prefix)
+        runner = self.target_worker.model_runner
+        positions = (prefix[:, None] + torch.arange(n, device=self.device)).reshape(-1)
+        lens, context = window.kv_lens_cpu, self._profile_context
+        forward_batch = ForwardBatch(
+            forward_mode=ForwardMode.TARGET_VERIFY,
+            batch_size=bs,
+            input_ids=torch.zeros(bs * n, dtype=torch.long, device=self.device),
+            req_pool_indices=window.kv_loc_plan.req_pool_indices,
+            seq_lens=prefix,
+            out_cache_loc=window.slots[:, :n].reshape(-1),
+            seq_lens_sum=int(lens.sum()),
+            seq_lens_cpu=lens,
+            positions=positions,
+            spec_algorithm=SpeculativeAlgorithm.DFLASH,
+            spec_info=DFlashVerifyInput(
+                draft_token=torch.zeros(bs * n, dtype=torch.long, device=self.device),
+                positions=positions,
+                draft_token_num=n,
+                custom_mask=(
+                    torch.ones(bs * n * (context + n), dtype=torch.bool, device=self.device)
+                    if self.config.topk > 1 else None
+                ),
+                capture_hidden_mode=CaptureHiddenMode.FULL,
+            ),
+            capture_hidden_mode=CaptureHiddenMode.FULL,
+            global_num_token_non_padded_cpu=bs * n,
+        )
+        window.kv_loc_plan.bind(forward_batch, runner.kv_index_translator, cols=slice(0, n))
+        return self._timed(lambda: runner.forward(forward_batch))
+
+    def _dummy_prefix(self, bs: int) -> torch.Tensor:
+        return torch.full((bs,), self._profile_context, dtype=torch.int64, device=self.device)
+
+    def _dummy_window(self, bs: int, prefix: torch.Tensor) -> StepWindow:
+        """Request slot 0 and KV slot 0 (SGLang's sink for padded tokens), before any request exists."""
+        slots = torch.zeros(bs, self.config.window, dtype=torch.int64, device=self.device)
+        prefix_cpu = torch.full((bs,), self._profile_context, dtype=torch.int32)
+        plan = self.model_runner.kv_index_translator.plan(
+            req_pool_indices=torch.zeros(bs, dtype=torch.int64, device=self.device),
+            seq_lens=prefix,
+            seq_lens_cpu=prefix_cpu,
+            write_virtual=slots.reshape(-1),
+            read_extent=self.config.window,
+        )
+        return StepWindow(prefix, slots, plan, prefix_cpu + self.config.window)
+
+    def _timed(self, run: Callable[[], object]) -> float:
+        sync = (lambda: None) if self._on_cpu else torch.cuda.synchronize
+        with torch.no_grad():  # not inference_mode: the draft head's buffers are created here
+            sync()
+            start = time.perf_counter()
+            run()
+            sync()
+        return time.perf_counter() - start
 
     # ---------------------------------------------------------------- prefill
 
@@ -171,6 +337,7 @@ class SglDFlashWorker(DFlashWorkerV2):
             extend_lens=extend_lens,
         )
         out.logits_output.hidden_states = None  # not shipped to the CPU
+        self._last_step = None  # the next decode step's period would include this prefill
         if PenaltyState.needed(batch.sampling_info):
             self.penalties.start(batch.reqs, batch.req_pool_indices, out.next_token_ids)
         out.next_draft_input = make_draft_input_v2(
@@ -214,7 +381,7 @@ class SglDFlashWorker(DFlashWorkerV2):
             write_virtual=slots.reshape(-1),
             read_extent=width,
         )
-        return StepWindow(prefix_lens, slots, plan)
+        return StepWindow(prefix_lens, slots, plan, self._window_lens_cpu(batch))
 
     @staticmethod
     def _committed_lens_cpu(batch: ScheduleBatch) -> Optional[torch.Tensor]:
@@ -222,15 +389,13 @@ class SglDFlashWorker(DFlashWorkerV2):
             return batch.seq_lens_cpu
         return batch.spec_info.nxt_kv_lens_cpu
 
-    def _window_lens_cpu(self, batch: ScheduleBatch) -> tuple[torch.Tensor, int]:
+    def _window_lens_cpu(self, batch: ScheduleBatch) -> torch.Tensor:
         """Host upper bound of each request's KV length while the step is in flight."""
         if batch.seq_lens_cpu is not None:
-            lens = batch.seq_lens_cpu.to(torch.int32) + self.config.window
-        elif batch.spec_info.nxt_kv_lens_cpu is not None:
-            lens = batch.spec_info.nxt_kv_lens_cpu.clone()
-        else:
-            lens = torch.tensor([r.kv.kv_allocated_len for r in batch.reqs], dtype=torch.int32)
-        return lens, int(lens.sum())
+            return batch.seq_lens_cpu.to(torch.int32) + self.config.window
+        if batch.spec_info.nxt_kv_lens_cpu is not None:
+            return batch.spec_info.nxt_kv_lens_cpu.clone()
+        return torch.tensor([r.kv.kv_allocated_len for r in batch.reqs], dtype=torch.int32)
 
     # ------------------------------------------------------------------ draft
 
@@ -239,6 +404,13 @@ class SglDFlashWorker(DFlashWorkerV2):
         root = batch.spec_info.bonus_tokens
         if num_nodes == 1:  # nothing to draft: the step verifies the root alone
             return root_tree(root, window.prefix_lens)
+        topk_ids, topk_probs = self._draft_pass(root, window, batch.can_run_decode_cuda_graph)
+        return make_tree(root, topk_ids, topk_probs, num_nodes, window.prefix_lens)
+
+    def _draft_pass(
+        self, root: torch.Tensor, window: StepWindow, can_run_graph: bool = True
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The drafter over ``[root, MASK x (B-1)]``: each position's top-K, [bs, B-1, K] each."""
         bs, size = window.batch_size, self.config.block_size
         ids = torch.full((bs, size), int(self._mask_token_id), dtype=torch.long, device=self.device)
         ids[:, 0] = root
@@ -247,15 +419,15 @@ class SglDFlashWorker(DFlashWorkerV2):
         embeds = target.get_input_embeddings()(ids).view(bs * size, -1)
         if self._noise_embed_scale != 1.0:  # targets that scale their embeddings (e.g. Gemma)
             embeds = embeds * self._noise_embed_scale
-        lens_cpu, lens_sum = self._window_lens_cpu(batch)
+        lens_cpu = window.kv_lens_cpu
         forward_batch = ForwardBatch(
             forward_mode=ForwardMode.TARGET_VERIFY,
             batch_size=bs,
             input_ids=ids.reshape(-1),
-            req_pool_indices=batch.req_pool_indices,
+            req_pool_indices=window.kv_loc_plan.req_pool_indices,
             seq_lens=window.prefix_lens,
             out_cache_loc=window.slots[:, :size].reshape(-1),
-            seq_lens_sum=lens_sum,
+            seq_lens_sum=int(lens_cpu.sum()),
             seq_lens_cpu=lens_cpu,
             positions=positions.reshape(-1),
             input_embeds=embeds,
@@ -268,7 +440,7 @@ class SglDFlashWorker(DFlashWorkerV2):
                 else None
             ),
             global_num_token_non_padded_cpu=bs * size,
-            can_run_decode_cuda_graph=batch.can_run_decode_cuda_graph,
+            can_run_decode_cuda_graph=can_run_graph,
         )
         window.kv_loc_plan.bind(
             forward_batch, self.draft_model_runner.kv_index_translator, cols=slice(0, size)
@@ -280,8 +452,7 @@ class SglDFlashWorker(DFlashWorkerV2):
             if hidden is None:
                 raise RuntimeError(f"{ALGORITHM_NAME}: draft forward returned no hidden states.")
             self.head(hidden, ids)  # eager; on GPU graphs it ran inside the replay
-        topk_ids, topk_probs = self.head.read(bs)
-        return make_tree(root, topk_ids, topk_probs, num_nodes, window.prefix_lens)
+        return self.head.read(bs)
 
     # ----------------------------------------------------------------- verify
 
@@ -301,7 +472,7 @@ class SglDFlashWorker(DFlashWorkerV2):
         )
         batch.out_cache_loc = window.slots[:, :n].reshape(-1)
         saved = batch.seq_lens_cpu, batch.seq_lens_sum
-        batch.seq_lens_cpu, batch.seq_lens_sum = self._window_lens_cpu(batch)
+        batch.seq_lens_cpu, batch.seq_lens_sum = window.kv_lens_cpu, int(window.kv_lens_cpu.sum())
         forward_batch, _ = verify_input.prepare_for_verify(batch, self.target_worker)
         batch.seq_lens_cpu, batch.seq_lens_sum = saved
         out = self.target_worker.forward_batch_generation(
@@ -415,3 +586,10 @@ class SglDFlashWorker(DFlashWorkerV2):
             speculative_output_stride=width,
             new_seq_lens=new_seq_lens,
         )
+
+
+def _on_path(path: torch.Tensor, num_nodes: int) -> torch.Tensor:
+    """[bs, N] bool: the node is on the accepted path (-1 entries land in a spare column)."""
+    on_path = torch.zeros(path.shape[0], num_nodes + 1, dtype=torch.bool, device=path.device)
+    on_path.scatter_(1, torch.where(path >= 0, path, num_nodes), True)
+    return on_path[:, :num_nodes]

@@ -148,7 +148,11 @@ def test_few_steps_reduce_loss(target, target_path, tmp_path):
     with torch.no_grad():
         after = dflash_loss(drafter, embed, lm_head, feats, ids, anchors, 7.0).item()
     assert after < 0.8 * before, (before, after)
-    assert (tmp_path / "train_state.pt").is_file()  # checkpoint for resuming
+    # The checkpoint is plain data: it resumes under weights_only=True (no code runs on load).
+    assert torch.load(tmp_path / "train_state.pt", weights_only=True)["step"] == 40
+    train_drafter(target, drafter, data, tmp_path,
+                  TrainConfig(steps=42, batch=8, anchors=6, lr=3e-3, cache_target_states=True))
+    assert torch.load(tmp_path / "train_state.pt", weights_only=True)["step"] == 42
 
 
 def test_init_from_target_copies_the_top_layers(target, target_path):

@@ -261,7 +261,7 @@ def train_drafter(
     state_path = out / "train_state.pt"
     step = 0
     if state_path.is_file():
-        state = torch.load(state_path, weights_only=False)
+        state = torch.load(state_path, weights_only=True)  # a resume file is data, not code
         drafter.load_state_dict(state["model"])
         opt.load_state_dict(state["opt"])
         gen.set_state(state["gen"])

@@ -106,7 +106,7 @@ def main() -> None:
     state_path = args.out / "train_state.pt"
     step = 0
     if state_path.is_file():
-        state = torch.load(state_path, weights_only=False)
+        state = torch.load(state_path, weights_only=True)  # a resume file is data, not code
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["opt"])
         step = state["step"]

@@ -1,0 +1,265 @@
+"""Controller: each step's node budget, the one with the most expected committed tokens per second.
+
+The value of a budget n for the batch is
+
+    V(n) = sum over requests of (1 + f_r * (E_r(n) - 1))
+
+with E_r the request's expected commits for a tree of n nodes (value_model)
+and f_r how its drafts have really fared against such predictions (a running
+ratio of accepted to expected drafts: requests whose drafts keep failing
+count for less). Budgets are per batch: the verify pass takes the same node
+count from every request. The decision has two stages:
+
+1. Before drafting: draft or not. Not drafting (budget 1) is a plain decode
+   step. Drafting pays if some budget's V(n) / (draft + verify seconds) beats
+   V(1) / (verify seconds of 1 node); V comes from each request's running
+   curve (a running mean over its drafted steps, starting from the mean over
+   all requests). Hysteresis: the state changes only when the other is
+   predicted better by ``hysteresis``. After ``explore_every`` undrafted steps
+   in a row one step drafts anyway, so the estimates stay fresh.
+2. After drafting (``use_step_confidence``): the draft pass is paid; this
+   step's own trees give E_r(n) for every budget at once (a budget's tree is
+   the first n nodes of the full one), and the budget maximizing V(n) over
+   the verify seconds of n nodes is verified. This is where the drafter's
+   confidence in this very step decides. On GPU it reads a few numbers back
+   from the device mid-step; without it the running curves decide.
+
+Seconds come from the cost model (measured on this machine, refined by every
+step). Statistics go to the host without blocking the device and are folded
+in when they have arrived (immediately on CPU).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import Counter, deque
+from dataclasses import dataclass, field
+from typing import Optional, Sequence
+
+import torch
+
+from sgl_dflash import ALGORITHM_NAME
+from sgl_dflash.cost_model import StepCostModel
+from sgl_dflash.value_model import AcceptanceCalibration
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ControllerConfig:
+    """Knobs of ``--speculative-adaptive-config`` (a JSON file), all optional."""
+
+    budgets: tuple[int, ...] = ()  # candidate node budgets; default: 1 and powers of two up to N
+    hysteresis: float = 0.05  # draft / don't draft changes only for a predicted rate this much better
+    explore_every: int = 16  # undrafted steps in a row before one drafted step (0: never)
+    use_step_confidence: Optional[bool] = None  # stage 2; default: on for CPU, off for GPU
+    profile_path: Optional[str] = None  # cost profile cache; default under ~/.cache/sgl_dflash
+    profile_seconds: float = 20.0  # time the startup profile may take
+    profile_context: int = 256  # prefix length of the profile's dummy requests
+    log_every: int = 64  # steps between controller log lines
+    policy: str = "rate"  # "rate"; "cycle" rotates the budgets every step (tests exactness under switching)
+
+    @classmethod
+    def from_json(cls, text: Optional[str], node_budget: int) -> "ControllerConfig":
+        raw = json.loads(text) if text else {}
+        unknown = set(raw) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ValueError(
+                f"--speculative-adaptive-config: unknown keys {sorted(unknown)}; "
+                f"known: {sorted(cls.__dataclass_fields__)}"
+            )
+        budgets = tuple(raw.pop("budgets", ())) or default_budgets(node_budget)
+        if any(not isinstance(n, int) or not 1 <= n <= node_budget for n in budgets) or 1 not in budgets:
+            raise ValueError(
+                f"--speculative-adaptive-config budgets {list(budgets)} must be integers in "
+                f"1..{node_budget} (--speculative-num-draft-tokens) and include 1 (no speculation)."
+            )
+        config = cls(budgets=tuple(sorted(set(budgets))), **raw)
+        if config.policy not in ("rate", "cycle"):
+            raise ValueError(
+                f"--speculative-adaptive-config policy must be 'rate' or 'cycle', got {config.policy!r}."
+            )
+        return config
+
+
+def default_budgets(node_budget: int) -> tuple[int, ...]:
+    budgets, n = {1, node_budget}, 2
+    while n < node_budget:
+        budgets.add(n)
+        n *= 2
+    return tuple(sorted(budgets))
+
+
+@dataclass
+class StepRecord:
+    """One step's statistics on their way to the host (device tensors copied without blocking)."""
+
+    rids: list[str]
+    budget: int
+    predicted_tokens: float  # the batch's expected committed tokens at the chosen budget
+    predicted_seconds: float
+    curves: Optional[torch.Tensor]  # [bs, len(budgets)] this step's expected commits; None if not drafted
+    counts: Optional[torch.Tensor]  # [2, buckets] calibration counts; None if not drafted
+    timing: "tuple[float, float] | tuple[torch.cuda.Event, ...]"  # (draft, verify) s, or CUDA events
+    done: Optional[torch.cuda.Event] = None
+
+    def ready(self) -> bool:
+        timed = isinstance(self.timing[0], float) or self.timing[-1].query()
+        return timed and (self.done is None or self.done.query())
+
+    def seconds(self) -> tuple[float, float]:
+        """(draft, rest of the forward) seconds."""
+        if isinstance(self.timing[0], float):
+            return self.timing
+        start, drafted, end = self.timing
+        return start.elapsed_time(drafted) / 1e3, drafted.elapsed_time(end) / 1e3
+
+
+@dataclass
+class _Window:
+    """Observability over the last log_every steps."""
+
+    budgets: Counter = field(default_factory=Counter)
+    drafted: int = 0
+    predicted_tokens: float = 0.0
+    observed_tokens: float = 0.0
+    predicted_seconds: float = 0.0
+    observed_seconds: float = 0.0
+    steps: int = 0
+
+
+class BudgetController:
+    def __init__(self, config: ControllerConfig, costs: StepCostModel, calibration: AcceptanceCalibration) -> None:
+        self.config = config
+        self.budgets = list(config.budgets)
+        self.costs = costs
+        self.calibration = calibration
+        self.drafting = True
+        self.curves: dict[str, torch.Tensor] = {}  # rid -> running expected-commit curve (host)
+        # Optimistic until the first drafted step says otherwise: speculation gets tried first.
+        self.mean_curve = torch.tensor([float(n) for n in self.budgets])
+        self.fared: dict[str, list[float]] = {}  # rid -> running [accepted drafts, expected drafts]
+        self.undrafted = 0
+        self.steps = 0
+        self.pending: deque[StepRecord] = deque()
+        self.awaiting_accepts: deque[tuple[list[str], int, list[float]]] = deque()
+        self.window = _Window()
+
+    # ------------------------------------------------------------- decisions
+
+    def before_draft(self, rids: Sequence[str]) -> int:
+        """Stage 1: 1 (no speculation) or the largest budget (draft; stage 2 may pick smaller)."""
+        self._fold_arrived()
+        self.steps += 1
+        if self.config.policy == "cycle":
+            return self.budgets[self.steps % len(self.budgets)]
+        bs, value = len(rids), self.value(rids, self._running_curves(rids))
+        off = float(value[0]) / self.costs.step_seconds(bs, 1)
+        on = max(float(value[i]) / self.costs.step_seconds(bs, n) for i, n in enumerate(self.budgets) if n > 1)
+        if self.drafting and off > on * (1.0 + self.config.hysteresis):
+            self.drafting = False
+        elif not self.drafting and on > off * (1.0 + self.config.hysteresis):
+            self.drafting = True
+        explore = self.config.explore_every and self.undrafted >= self.config.explore_every
+        if self.drafting or explore:
+            self.undrafted = 0
+            return self.budgets[-1]
+        self.undrafted += 1
+        return 1
+
+    def after_draft(self, rids: Sequence[str], curves: Optional[torch.Tensor], drafted_budget: int) -> int:
+        """Stage 2: the budget to verify, from this step's own curves [bs, len(budgets)] (host)."""
+        if self.config.policy == "cycle" or curves is None:
+            return drafted_budget
+        bs, value = len(rids), self.value(rids, curves)
+        rates = [float(value[i]) / self.costs.verify_seconds(bs, n) for i, n in enumerate(self.budgets)]
+        return self.budgets[max(range(len(rates)), key=rates.__getitem__)]
+
+    def prediction(self, rids: Sequence[str], curves: Optional[torch.Tensor], budget: int) -> tuple[float, float]:
+        """(expected committed tokens, predicted step seconds) of the chosen budget, for the log."""
+        curves = self._running_curves(rids) if curves is None else curves
+        return float(self.value(rids, curves)[self.budgets.index(budget)]), self.costs.step_seconds(len(rids), budget)
+
+    def value(self, rids: Sequence[str], curves: torch.Tensor) -> torch.Tensor:
+        """[len(budgets)]: the batch's expected committed tokens per budget, from curves [bs, len(budgets)]."""
+        fared = torch.tensor([self.fared.get(rid, (1.0, 1.0)) for rid in rids], dtype=torch.float64)
+        trust = ((fared[:, 0] + 0.1) / (fared[:, 1] + 0.1)).clamp(max=2.0)  # accepted / expected drafts
+        return (1.0 + trust[:, None] * (curves.double() - 1.0)).sum(dim=0)
+
+    def _running_curves(self, rids: Sequence[str]) -> torch.Tensor:
+        return torch.stack([self.curves.get(rid, self.mean_curve) for rid in rids])
+
+    # ------------------------------------------------------------- feedback
+
+    def after_step(self, record: StepRecord) -> None:
+        """Queue one step's statistics; device tensors go to the host without blocking."""
+        if record.curves is not None and record.curves.is_cuda:
+            record.curves = record.curves.to("cpu", non_blocking=True)
+            record.counts = record.counts.to("cpu", non_blocking=True)
+            record.done = torch.cuda.Event()
+            record.done.record()
+        self.pending.append(record)
+        self._fold_arrived()
+
+    def on_accepted(self, accepted_drafts: list[int]) -> None:
+        """The scheduler's accept counts of the oldest step not yet reported (host, in batch order)."""
+        self._fold_arrived()
+        if not self.awaiting_accepts:
+            return
+        rids, budget, expected = self.awaiting_accepts.popleft()
+        if len(rids) != len(accepted_drafts):
+            return  # not the step we think it is; skip it rather than misattribute
+        self.window.observed_tokens += sum(accepted_drafts) + len(accepted_drafts)
+        if budget == 1:
+            return  # nothing was drafted
+        for rid, got, want in zip(rids, accepted_drafts, expected):
+            fared = self.fared.setdefault(rid, [1.0, 1.0])
+            fared[0] = 0.8 * fared[0] + 0.2 * got
+            fared[1] = 0.8 * fared[1] + 0.2 * want
+
+    def forget(self, rid: str) -> None:
+        """A finished request's history is not needed any more."""
+        self.curves.pop(rid, None)
+        self.fared.pop(rid, None)
+
+    def _fold_arrived(self) -> None:
+        while self.pending and self.pending[0].ready():
+            step = self.pending.popleft()
+            column = self.budgets.index(step.budget)
+            expected = [0.0] * len(step.rids)
+            if step.curves is not None:
+                self.calibration.fold(step.counts)
+                for rid, curve in zip(step.rids, step.curves):
+                    old = self.curves.get(rid, self.mean_curve)
+                    self.curves[rid] = old + 0.3 * (curve - old)
+                self.mean_curve = self.mean_curve + 0.3 * (step.curves.mean(dim=0) - self.mean_curve)
+                expected = (step.curves[:, column] - 1.0).tolist()
+            self.awaiting_accepts.append((step.rids, step.budget, expected))
+            draft, verify = step.seconds()
+            self.costs.observe(len(step.rids), step.budget, draft, verify)
+            w = self.window
+            w.budgets[step.budget] += 1
+            w.drafted += step.curves is not None
+            w.predicted_tokens += step.predicted_tokens
+            w.predicted_seconds += step.predicted_seconds
+            w.observed_seconds += draft + verify + self.costs.overhead
+            w.steps += 1
+            if w.steps == self.config.log_every:
+                self._log()
+
+    def _log(self) -> None:
+        w = self.window
+        logger.info(
+            "%s controller over %d steps: budgets %s, %d drafted; tokens/step predicted %.2f observed %.2f; "
+            "step ms predicted %.2f observed %.2f",
+            ALGORITHM_NAME,
+            w.steps,
+            dict(sorted(w.budgets.items())),
+            w.drafted,
+            w.predicted_tokens / w.steps,
+            w.observed_tokens / w.steps,
+            1e3 * w.predicted_seconds / w.steps,
+            1e3 * w.observed_seconds / w.steps,
+        )
+        self.window = _Window()

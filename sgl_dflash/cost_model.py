@@ -1,0 +1,143 @@
+"""Cost model: seconds of a decode step's parts, by batch size and node budget, measured on this machine.
+
+A step runs the draft pass (B positions per request; skipped when the budget
+is 1, a plain decode step through the verify path) and the verify pass (n
+nodes per request), plus the per-step work outside the worker (the
+scheduler's, which plain decoding pays too). Both passes are profiled at
+startup on dummy inputs (a few seconds, logged; cached in a JSON file keyed
+by the models, device and settings). Every real step then refines the
+prediction for its batch size: the ratio of each pass's observed time to the
+profile's is kept as an exponential moving average (per batch-size cell, and
+per budget for the verify pass), so the profile's shape survives while its
+level follows the machine. Between profiled batch sizes the times are
+interpolated linearly, and extrapolated linearly past the largest. The
+outside work is learned from the period between back-to-back steps.
+"""
+
+from __future__ import annotations
+
+import bisect
+import hashlib
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Callable
+
+from sgl_dflash import ALGORITHM_NAME
+
+logger = logging.getLogger(__name__)
+
+# (batch size, tokens per request) -> seconds of one pass, measured
+Timer = Callable[[int, int], float]
+
+
+def batch_grid(max_bs: int) -> list[int]:
+    """1, 2, 4, ... up to max_bs (included)."""
+    grid = [1]
+    while grid[-1] * 2 < max_bs:
+        grid.append(grid[-1] * 2)
+    return grid + ([max_bs] if max_bs > 1 else [])
+
+
+def _interpolate(xs: list[int], ys: list[float], x: float) -> float:
+    if len(xs) == 1:
+        return ys[0] * x / xs[0]
+    i = min(max(bisect.bisect_left(xs, x), 1), len(xs) - 1)
+    x0, x1, y0, y1 = xs[i - 1], xs[i], ys[i - 1], ys[i]
+    return max(y0 + (y1 - y0) * (x - x0) / (x1 - x0), 0.0)
+
+
+class StepCostModel:
+    def __init__(self, profile: dict, budgets: list[int], ema: float = 0.05) -> None:
+        """profile: {"batch_sizes": [...], "draft": [s per bs], "verify": {"n": [s per bs]}}."""
+        self.profile = profile
+        self.ema = ema
+        self.batch_sizes: list[int] = profile["batch_sizes"]
+        self.draft_correction = dict.fromkeys(self.batch_sizes, 1.0)
+        self.verify_correction = {(bs, n): 1.0 for bs in self.batch_sizes for n in budgets}
+        self.overhead = 0.0  # seconds per step outside the worker, learned online
+
+    def _cell(self, bs: int) -> int:
+        """The profiled batch size closest to bs (in ratio)."""
+        return min(self.batch_sizes, key=lambda b: abs(b - bs) / b)
+
+    def _draft_prior(self, bs: int) -> float:
+        return _interpolate(self.batch_sizes, self.profile["draft"], bs)
+
+    def _verify_prior(self, bs: int, n: int) -> float:
+        return _interpolate(self.batch_sizes, self.profile["verify"][str(n)], bs)
+
+    def draft_seconds(self, bs: int) -> float:
+        return self._draft_prior(bs) * self.draft_correction[self._cell(bs)]
+
+    def verify_seconds(self, bs: int, n: int) -> float:
+        """The verify pass and everything else of the step but the draft pass."""
+        return self._verify_prior(bs, n) * self.verify_correction[self._cell(bs), n] + self.overhead
+
+    def step_seconds(self, bs: int, n: int) -> float:
+        return self.verify_seconds(bs, n) + (self.draft_seconds(bs) if n > 1 else 0.0)
+
+    def observe(self, bs: int, n: int, draft: float, verify: float) -> None:
+        """One step's measured draft pass (0 when skipped) and the rest of its forward."""
+        cell = self._cell(bs)
+        if draft > 0:
+            ratio = draft / max(self._draft_prior(bs), 1e-9)
+            self.draft_correction[cell] += self.ema * (ratio - self.draft_correction[cell])
+        ratio = verify / max(self._verify_prior(bs, n), 1e-9)
+        self.verify_correction[cell, n] += self.ema * (ratio - self.verify_correction[cell, n])
+
+    def observe_overhead(self, seconds: float) -> None:
+        self.overhead += self.ema * (seconds - self.overhead)
+
+    # ------------------------------------------------------------- profiling
+
+    @staticmethod
+    def measure(draft: Timer, verify: Timer, budgets: list[int], max_bs: int, seconds: float) -> dict:
+        """Time both passes over batch sizes 1, 2, 4, ... within about `seconds`.
+
+        Once the time is spent (after at least two batch sizes), larger batch
+        sizes are left out: the model extrapolates linearly from the measured ones.
+        """
+        start = time.perf_counter()
+        sizes: list[int] = []
+        draft_s: list[float] = []
+        verify_s: dict[str, list[float]] = {str(n): [] for n in budgets}
+        for bs in batch_grid(max_bs):
+            if len(sizes) >= 2 and time.perf_counter() - start > seconds:
+                break
+            sizes.append(bs)
+            draft_s.append(_best_of(lambda: draft(bs, 0)))
+            for n in budgets:
+                verify_s[str(n)].append(_best_of(lambda: verify(bs, n)))
+        logger.info(
+            "%s cost profile: %d batch sizes (%s) x budgets %s in %.1f s",
+            ALGORITHM_NAME, len(sizes), sizes, budgets, time.perf_counter() - start,
+        )
+        return {"batch_sizes": sizes, "draft": draft_s, "verify": verify_s}
+
+    @classmethod
+    def load_or_measure(
+        cls, path: Path, key: dict, measure: Callable[[], dict], budgets: list[int]
+    ) -> "StepCostModel":
+        if path.is_file():
+            cached = json.loads(path.read_text())
+            if cached.get("key") == key:
+                logger.info("%s cost profile loaded from %s", ALGORITHM_NAME, path)
+                return cls(cached["profile"], budgets)
+            logger.info("%s cost profile %s is for other settings; measuring again", ALGORITHM_NAME, path)
+        profile = measure()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"key": key, "profile": profile}, indent=1))
+        logger.info("%s cost profile saved to %s", ALGORITHM_NAME, path)
+        return cls(profile, budgets)
+
+
+def _best_of(run: Callable[[], float], repeats: int = 3) -> float:
+    run()  # warm-up
+    return min(run() for _ in range(repeats))
+
+
+def default_profile_path(key: dict) -> Path:
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    return Path.home() / ".cache" / "sgl_dflash" / "profiles" / f"{digest}.json"

@@ -1,0 +1,131 @@
+"""The adaptive controller's parts: cost model, value model, decisions (no server)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from sgl_dflash.controller import BudgetController, ControllerConfig, StepRecord, default_budgets
+from sgl_dflash.cost_model import StepCostModel, batch_grid
+from sgl_dflash.value_model import NUM_BUCKETS, AcceptanceCalibration, score_buckets
+
+BUDGETS = [1, 4, 16]
+
+
+def compute_bound_profile() -> dict:
+    """A pass costs 2 ms plus 0.1 ms per token (a target past its memory-bound regime); the
+    drafter, an eighth of the target, 1 ms plus 1/8 of that per token of its 16-token block."""
+    sizes = [1, 2, 4, 8, 16, 32, 64]
+    verify = {str(n): [2e-3 + 1e-4 * bs * n for bs in sizes] for n in BUDGETS}
+    return {"batch_sizes": sizes, "draft": [1e-3 + 1.25e-5 * bs * 16 for bs in sizes], "verify": verify}
+
+
+def test_cost_model_interpolates_extrapolates_and_learns():
+    costs = StepCostModel(compute_bound_profile(), BUDGETS)
+    assert costs.step_seconds(3, 4) == pytest.approx(2e-3 + 1e-4 * 3 * 4 + 1e-3 + 1.25e-5 * 3 * 16)
+    assert costs.verify_seconds(128, 16) == pytest.approx(2e-3 + 1e-4 * 128 * 16)  # past the profile: linear
+    assert costs.step_seconds(8, 1) == costs.verify_seconds(8, 1)  # no draft pass without speculation
+    for _ in range(200):  # this machine turns out twice as slow at verifying
+        costs.observe(8, 4, draft=0.0, verify=2 * (2e-3 + 1e-4 * 32))
+    assert costs.verify_seconds(8, 4) == pytest.approx(2 * (2e-3 + 1e-4 * 32), rel=0.01)
+    assert costs.draft_seconds(8) == pytest.approx(1e-3 + 1.25e-5 * 128)  # untouched
+    assert batch_grid(48) == [1, 2, 4, 8, 16, 32, 48]
+
+
+def test_cost_profile_is_cached_by_key(tmp_path):
+    calls = []
+
+    def measure() -> dict:
+        calls.append(1)
+        return StepCostModel.measure(lambda bs, _: 1e-4 * bs, lambda bs, n: 1e-4 * bs * n, BUDGETS, 4, 10.0)
+
+    path = tmp_path / "profile.json"
+    StepCostModel.load_or_measure(path, {"model": "a"}, measure, BUDGETS)
+    StepCostModel.load_or_measure(path, {"model": "a"}, measure, BUDGETS)
+    assert len(calls) == 1 and json.loads(path.read_text())["profile"]["batch_sizes"] == [1, 2, 4]
+    StepCostModel.load_or_measure(path, {"model": "b"}, measure, BUDGETS)  # other settings: measured again
+    assert len(calls) == 2
+
+
+def test_value_model_prices_every_budget_from_one_tree():
+    calibration = AcceptanceCalibration(torch.device("cpu"))
+    scores = torch.tensor([[1.0, 0.9, 0.5, 0.3, 0.01]])
+    curves = calibration.expected_commits(scores, [1, 3, 5])
+    table = calibration.table
+    expected_3 = 1 + table[score_buckets(torch.tensor(0.9))] + table[score_buckets(torch.tensor(0.5))]
+    assert curves[0, 0] == 1.0 and curves[0, 1] == pytest.approx(float(expected_3))
+    assert curves[0, 2] > curves[0, 1]
+    # Calibration follows what verification shows: nodes scored ~0.5 accepted only 10% of the time.
+    bucket = int(score_buckets(torch.tensor(0.5)))
+    for _ in range(300):
+        calibration.fold(AcceptanceCalibration.step_counts(
+            torch.tensor([[1.0] + [0.5] * 10]), torch.tensor([[True] + [True] + [False] * 9])))
+    assert float(calibration.table[bucket]) == pytest.approx(0.1, abs=0.02)
+    assert calibration.table.shape == (NUM_BUCKETS,)
+
+
+def controller(**knobs) -> BudgetController:
+    config = ControllerConfig(budgets=tuple(BUDGETS), **knobs)
+    return BudgetController(config, StepCostModel(compute_bound_profile(), BUDGETS), AcceptanceCalibration(torch.device("cpu")))
+
+
+def run_steps(ctl: BudgetController, rids: list[str], curve: list[float], steps: int) -> list[int]:
+    """Steps where every request's trees promise `curve` and the drafts really deliver it.
+    Returns the verified budget per step, negative when the step drafted but verified the root."""
+    chosen = []
+    for _ in range(steps):
+        budget = ctl.before_draft(rids)
+        curves = torch.tensor([curve] * len(rids)) if budget > 1 else None
+        budget = ctl.after_draft(rids, curves, budget)
+        chosen.append(-1 if curves is not None and budget == 1 else budget)
+        ctl.after_step(StepRecord(rids, budget, 0.0, 0.0, curves, None if curves is None else torch.zeros(2, NUM_BUCKETS), (0.0, 1e-3)))
+        ctl.on_accepted([round(curve[BUDGETS.index(budget)]) - 1] * len(rids))
+    return chosen
+
+
+def test_speculates_at_low_load_and_stops_at_high_load():
+    curve = [1.0, 2.5, 5.0]  # a good drafter: 2.5 tokens a step with 4 nodes, 5 with 16
+    small = run_steps(controller(), [f"a{i}" for i in range(2)], curve, 20)
+    assert set(small[-10:]) == {16}
+    # At 64 requests each node costs 6.4 ms more: only a plain decode step pays (with rare exploration).
+    big = run_steps(controller(), [f"b{i}" for i in range(64)], curve, 40)
+    assert big[-30:].count(1) >= 28
+    assert -1 in big[20:], "drafts now and then to keep its estimates fresh (and verifies the root)"
+
+
+def test_failing_drafts_and_low_confidence_shrink_the_budget():
+    ctl = controller()
+    rids = ["x", "y"]
+    # This step's trees say the drafter is unsure beyond a few nodes: verify 4, not 16.
+    assert ctl.after_draft(rids, torch.tensor([[1.0, 2.5, 2.6]] * 2), 16) == 4
+    # Requests whose drafts keep failing (0 accepted when 2 expected) weigh less and less.
+    for _ in range(20):
+        ctl.after_step(StepRecord(rids, 4, 0.0, 0.0, torch.tensor([[1.0, 3.0, 4.0]] * 2), torch.zeros(2, NUM_BUCKETS), (1e-3, 1e-3)))
+        ctl.on_accepted([0, 0])
+    assert ctl.value(rids, torch.tensor([[1.0, 3.0, 4.0]] * 2))[1] < 2.5
+
+
+def test_hysteresis_keeps_the_decision_near_a_tie():
+    ctl = controller(hysteresis=0.2, explore_every=0)
+    rids = [f"r{i}" for i in range(8)]
+    # Rates within 20% of each other either way: the controller keeps drafting, as it started.
+    bs = len(rids)
+    off_rate = bs / ctl.costs.step_seconds(bs, 1)
+    tokens = 1.1 * off_rate * ctl.costs.step_seconds(bs, 16) / bs
+    chosen = run_steps(ctl, rids, [1.0, 1.0 + (tokens - 1) * 0.9, tokens], 10)
+    assert all(n > 1 for n in chosen)
+
+
+def test_config_validation():
+    assert default_budgets(32) == (1, 2, 4, 8, 16, 32)
+    assert ControllerConfig.from_json('{"budgets": [16, 1, 4]}', 16).budgets == (1, 4, 16)
+    with pytest.raises(ValueError, match="unknown keys"):
+        ControllerConfig.from_json('{"budget": [1]}', 16)
+    with pytest.raises(ValueError, match="include 1"):
+        ControllerConfig.from_json('{"budgets": [4, 16]}', 16)
+    with pytest.raises(ValueError, match=r"1\.\.16"):
+        ControllerConfig.from_json('{"budgets": [1, 32]}', 16)
+    with pytest.raises(ValueError, match="policy"):
+        ControllerConfig.from_json('{"policy": "random"}', 16)
