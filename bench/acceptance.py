@@ -1,12 +1,15 @@
-"""Mean accept length tau and its histogram on held-out prompts, per block size.
+"""Mean accept length tau on held-out prompts: per block size, and per tree shape.
 
-Compares the DFlash drafter with two baselines on the same target: no drafter
-(tau = 1) and an n-gram / prompt-lookup drafter, greedy and sampled. tau =
+Part ``blocks``: the DFlash drafter's chain against two baselines on the same
+target, no drafter (tau = 1) and an n-gram / prompt-lookup drafter, per block
+size. Part ``trees``: the drafter's trees, tau against the node budget N for
+top-k 1 (the chain, N <= B), 2, 4 and 8. Both greedy and sampled. tau =
 tokens committed per target verify pass (accepted drafts + 1). Uses the
-plain-torch reference decoder (identical decisions to the SGL_DFLASH server
-when greedy, see tests; the same rejection rule when sampling).
+plain-torch reference decoder (the same trees and decisions as the SGL_DFLASH
+server when greedy, see tests; the same walk when sampling).
 
-    python bench/acceptance.py                      # the shipped tiny pair
+    python bench/acceptance.py                      # the shipped tiny pair, both parts
+    python bench/acceptance.py --part trees --topks 1,4 --budgets 8,32
     python bench/acceptance.py --target T --draft D --blocks 4,8,16 --out bench/results/x.md
 """
 
@@ -19,6 +22,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from sgl_dflash.kernels.tree_build import max_tree_nodes
 from sgl_dflash.training.corpus import heldout_prompts
 from sgl_dflash.training.dflash_trainer import load_target
 from sgl_dflash.training.drafter import DFlashDrafter
@@ -36,6 +40,9 @@ def main() -> None:
     ap.add_argument("--prompts", type=int, default=48)
     ap.add_argument("--prompt-len", type=int, default=64)
     ap.add_argument("--max-new-tokens", type=int, default=96)
+    ap.add_argument("--part", choices=["blocks", "trees", "all"], default="all")
+    ap.add_argument("--topks", default="1,2,4,8", help="tree part: top-k values (1 = the chain)")
+    ap.add_argument("--budgets", default="2,4,8,16,32,64", help="tree part: node budgets N")
     ap.add_argument("--out", type=Path, default=Path("bench/results") / f"acceptance-{datetime.date.today()}.md")
     args = ap.parse_args()
 
@@ -43,10 +50,84 @@ def main() -> None:
     target, tokenizer = load_target(args.target, "cpu")
     drafter = DFlashDrafter.from_pretrained(args.draft).eval()
     prompts = heldout_prompts(tokenizer, args.prompts, args.prompt_len)
+    temps = [float(t) for t in args.temperatures.split(",")]
+    if args.part in ("trees", "all"):
+        tree_sweep(args, target, tokenizer, drafter, prompts, temps)
+    if args.part in ("blocks", "all"):
+        block_sweep(args, target, tokenizer, drafter, prompts, temps)
+
+
+def tree_sweep(args, target, tokenizer, drafter, prompts, temps) -> None:
+    """tau against the node budget N, per top-k, at the drafter's own block size."""
+    block = drafter.block_size
+    topks = [int(k) for k in args.topks.split(",")]
+    budgets = [int(n) for n in args.budgets.split(",")]
+    taus: dict[tuple[float, int, int], float] = {}
+    for temp in temps:
+        for k in topks:
+            propose = dflash_proposer(target, drafter, k)
+            for n in budgets:
+                if max_tree_nodes(k, block - 1, n) < n:
+                    continue  # a chain holds at most B nodes
+                acc: list[int] = []
+                gen = torch.Generator().manual_seed(0)
+                for p in tqdm(prompts, desc=f"T={temp} K={k} N={n}", leave=False):
+                    acc += speculative_decode(target, propose, p, args.max_new_tokens, block,
+                                              tokenizer.eos_token_id, temp, gen, num_nodes=n)[1]
+                taus[temp, k, n] = 1 + sum(acc) / len(acc)
+                print(f"T={temp} K={k} N={n:>2} tau={taus[temp, k, n]:.2f}", flush=True)
+    chain = {temp: taus[temp, 1, block] for temp in temps if (temp, 1, block) in taus}
+    lines = [
+        f"# Accept length of draft trees on held-out prompts, {datetime.date.today()}",
+        "",
+        f"target `{args.target}`, draft `{args.draft}` (block {block}); {len(prompts)} held-out stdlib windows "
+        f"of {args.prompt_len} tokens, {args.max_new_tokens} new tokens; trees: best-first over each block "
+        "position's top-K, N nodes with the root; temperature 0 = greedy, > 0 = sampling at every node.",
+        "tau = tokens committed per verify pass; in brackets, tau over the chain of the whole block (K=1, N=B).",
+        "",
+        "| temperature | N | " + " | ".join(f"K={k}" for k in topks) + " |",
+        "|---:|---:|" + "---:|" * len(topks),
+    ]
+    for temp in temps:
+        for n in budgets:
+            cells = []
+            for k in topks:
+                tau = taus.get((temp, k, n))
+                ratio = f" ({tau / chain[temp]:.2f}x)" if tau and temp in chain else ""
+                cells.append(f"{tau:.2f}{ratio}" if tau else "-")
+            lines.append(f"| {temp:g} | {n} | " + " | ".join(cells) + " |")
+    out = args.out.with_name(args.out.stem + "-trees.md")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("\n".join(lines) + "\n")
+    plot_trees(taus, temps, topks, budgets, out.with_suffix(".png"))
+    print("\n".join(lines))
+    print(f"\nwrote {out} and {out.with_suffix('.png')}")
+
+
+def plot_trees(taus, temps, topks, budgets, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(temps), figsize=(5.5 * len(temps), 4), squeeze=False)
+    for ax, temp in zip(axes[0], temps):
+        for k in topks:
+            ns = [n for n in budgets if (temp, k, n) in taus]
+            ax.plot(ns, [taus[temp, k, n] for n in ns], marker="o", label="chain (K=1)" if k == 1 else f"tree K={k}")
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("node budget N (verified tokens per request)")
+        ax.set_ylabel("mean accept length tau")
+        ax.set_title("greedy" if temp == 0 else f"temperature {temp:g}")
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+
+
+def block_sweep(args, target, tokenizer, drafter, prompts, temps) -> None:
     natural = heldout_prompts(tokenizer, args.prompts, args.prompt_len + args.max_new_tokens, seed=1)
     methods = {"no drafter": None, "n-gram (prompt lookup)": ngram_proposer(), "DFlash (ours)": dflash_proposer(target, drafter)}
     blocks = [int(b) for b in args.blocks.split(",")]
-    temps = [float(t) for t in args.temperatures.split(",")]
     rows: dict[tuple[float, str, int], list[int]] = {}
     outputs: dict[float, list[list[int]]] = {}
     for temp in temps:
@@ -72,7 +153,7 @@ def main() -> None:
         "",
         f"target `{args.target}`, draft `{args.draft}` (trained block size {drafter.block_size}); "
         f"{len(prompts)} held-out stdlib windows of {args.prompt_len} tokens, {args.max_new_tokens} new tokens; "
-        "temperature 0 = greedy, > 0 = sampling with rejection (drafts as point masses, as the server).",
+        "temperature 0 = greedy, > 0 = sampling (the target samples at each node, as the server).",
         "tau = tokens committed per verify pass; histogram = share of steps accepting k drafts.",
         f"Repetition (share of the target's tokens that the n-gram drafter's first draft predicts from the text "
         f"before them): {repetition}; {lookup_hit_rate(natural, args.prompt_len):.0%} for held-out human-written text.",
@@ -98,7 +179,7 @@ def lookup_hit_rate(seqs: list[list[int]], start: int) -> float:
     """Share of tokens at index >= start that the n-gram drafter's first draft,
     made from the text before them, gets right: how much of the text is a copy."""
     propose = ngram_proposer()
-    hits = [propose(seq[: i - 1], seq[i - 1], 2)[0] == seq[i] for seq in seqs for i in range(start, len(seq))]
+    hits = [int(propose(seq[: i - 1], seq[i - 1], 2)[0][0, 0]) == seq[i] for seq in seqs for i in range(start, len(seq))]
     return sum(hits) / max(len(hits), 1)
 
 

@@ -145,6 +145,7 @@ class BudgetController:
         self.pending: deque[StepRecord] = deque()
         self.awaiting_accepts: deque[tuple[list[str], int, list[float]]] = deque()
         self.window = _Window()
+        self.costs.save()  # a small JSON write every log window: restarts and the profiler resume from it
 
     # ------------------------------------------------------------- decisions
 
@@ -243,7 +244,7 @@ class BudgetController:
             w.drafted += step.curves is not None
             w.predicted_tokens += step.predicted_tokens
             w.predicted_seconds += step.predicted_seconds
-            w.observed_seconds += draft + verify + self.costs.overhead
+            w.observed_seconds += draft + verify + self.costs.overhead_seconds(len(step.rids))
             w.steps += 1
             if w.steps == self.config.log_every:
                 self._log()
@@ -263,3 +264,4 @@ class BudgetController:
             1e3 * w.observed_seconds / w.steps,
         )
         self.window = _Window()
+        self.costs.save()  # a small JSON write every log window: restarts and the profiler resume from it

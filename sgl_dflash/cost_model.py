@@ -11,7 +11,10 @@ profile's is kept as an exponential moving average (per batch-size cell, and
 per budget for the verify pass), so the profile's shape survives while its
 level follows the machine. Between profiled batch sizes the times are
 interpolated linearly, and extrapolated linearly past the largest. The
-outside work is learned from the period between back-to-back steps.
+outside work is learned from the period between back-to-back steps (per
+batch-size cell, CPU only). The refinement is written back into the cache
+file every controller log window, so a restarted server, and the offline
+profiler (python -m sgl_dflash.profile), start from what real steps measured.
 """
 
 from __future__ import annotations
@@ -21,8 +24,9 @@ import hashlib
 import json
 import logging
 import time
+import os
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Optional
 
 from sgl_dflash import ALGORITHM_NAME
 
@@ -56,7 +60,10 @@ class StepCostModel:
         self.batch_sizes: list[int] = profile["batch_sizes"]
         self.draft_correction = dict.fromkeys(self.batch_sizes, 1.0)
         self.verify_correction = {(bs, n): 1.0 for bs in self.batch_sizes for n in budgets}
-        self.overhead = 0.0  # seconds per step outside the worker, learned online
+        # per cell: seconds per step outside the worker (the scheduler's), learned online; None until seen
+        self.overhead: dict[int, Optional[float]] = dict.fromkeys(self.batch_sizes)
+        self.steps_observed = 0
+        self.cache: Optional[tuple[Path, dict]] = None  # (file, key) the profile came from, for save()
 
     def _cell(self, bs: int) -> int:
         """The profiled batch size closest to bs (in ratio)."""
@@ -73,7 +80,12 @@ class StepCostModel:
 
     def verify_seconds(self, bs: int, n: int) -> float:
         """The verify pass and everything else of the step but the draft pass."""
-        return self._verify_prior(bs, n) * self.verify_correction[self._cell(bs), n] + self.overhead
+        return self._verify_prior(bs, n) * self.verify_correction[self._cell(bs), n] + self.overhead_seconds(bs)
+
+    def overhead_seconds(self, bs: int) -> float:
+        """The outside work at this batch size: its cell's, else the nearest learned cell's, else 0."""
+        learned = [b for b, s in self.overhead.items() if s is not None]
+        return self.overhead[min(learned, key=lambda b: abs(b - bs) / b)] if learned else 0.0
 
     def step_seconds(self, bs: int, n: int) -> float:
         return self.verify_seconds(bs, n) + (self.draft_seconds(bs) if n > 1 else 0.0)
@@ -81,14 +93,51 @@ class StepCostModel:
     def observe(self, bs: int, n: int, draft: float, verify: float) -> None:
         """One step's measured draft pass (0 when skipped) and the rest of its forward."""
         cell = self._cell(bs)
+        self.steps_observed += 1
         if draft > 0:
             ratio = draft / max(self._draft_prior(bs), 1e-9)
             self.draft_correction[cell] += self.ema * (ratio - self.draft_correction[cell])
         ratio = verify / max(self._verify_prior(bs, n), 1e-9)
         self.verify_correction[cell, n] += self.ema * (ratio - self.verify_correction[cell, n])
 
-    def observe_overhead(self, seconds: float) -> None:
-        self.overhead += self.ema * (seconds - self.overhead)
+    def observe_overhead(self, bs: int, seconds: float) -> None:
+        cell = self._cell(bs)
+        old = self.overhead[cell]
+        self.overhead[cell] = seconds if old is None else old + self.ema * (seconds - old)
+
+    # ------------------------------------------------------ online state
+
+    def online_state(self) -> dict:
+        """What real steps taught the model, as JSON."""
+        return {
+            "steps": self.steps_observed,
+            "overhead": {str(b): s for b, s in self.overhead.items() if s is not None},
+            "draft_correction": {str(b): c for b, c in self.draft_correction.items()},
+            "verify_correction": {f"{b}/{n}": c for (b, n), c in self.verify_correction.items()},
+        }
+
+    def load_online_state(self, state: dict) -> None:
+        """Resume a saved refinement; entries for other batch sizes or budgets are ignored."""
+        self.steps_observed = int(state.get("steps", 0))
+        for b, s in state.get("overhead", {}).items():
+            if int(b) in self.overhead:
+                self.overhead[int(b)] = float(s)
+        for b, c in state.get("draft_correction", {}).items():
+            if int(b) in self.draft_correction:
+                self.draft_correction[int(b)] = float(c)
+        for cell, c in state.get("verify_correction", {}).items():
+            b, n = (int(x) for x in cell.split("/"))
+            if (b, n) in self.verify_correction:
+                self.verify_correction[b, n] = float(c)
+
+    def save(self) -> None:
+        """Write the profile and the online state back to the cache file it came from (if any)."""
+        if self.cache is None:
+            return
+        path, key = self.cache
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # servers sharing a cache never see half a file
+        tmp.write_text(json.dumps({"key": key, "profile": self.profile, "online": self.online_state()}, indent=1))
+        tmp.replace(path)
 
     # ------------------------------------------------------------- profiling
 
@@ -123,14 +172,19 @@ class StepCostModel:
         if path.is_file():
             cached = json.loads(path.read_text())
             if cached.get("key") == key:
-                logger.info("%s cost profile loaded from %s", ALGORITHM_NAME, path)
-                return cls(cached["profile"], budgets)
+                model = cls(cached["profile"], budgets)
+                model.load_online_state(cached.get("online", {}))
+                model.cache = (path, key)
+                logger.info("%s cost profile loaded from %s (refined by %d real steps)",
+                            ALGORITHM_NAME, path, model.steps_observed)
+                return model
             logger.info("%s cost profile %s is for other settings; measuring again", ALGORITHM_NAME, path)
-        profile = measure()
+        model = cls(measure(), budgets)
+        model.cache = (path, key)
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps({"key": key, "profile": profile}, indent=1))
+        model.save()
         logger.info("%s cost profile saved to %s", ALGORITHM_NAME, path)
-        return cls(profile, budgets)
+        return model
 
 
 def _best_of(run: Callable[[], float], repeats: int = 3) -> float:

@@ -215,7 +215,7 @@ class SglDFlashWorker(DFlashWorkerV2):
                 # Between back-to-back steps, the rest of the period is the scheduler's own work.
                 period, forward = start - self._last_step[0], self._last_step[1]
                 if period < 3 * forward:
-                    controller.costs.observe_overhead(period - forward)
+                    controller.costs.observe_overhead(len(rids), period - forward)
             self._last_step = (start, end - start)
             timing = (drafted - start, end - drafted)
         else:

@@ -49,6 +49,22 @@ def test_cost_profile_is_cached_by_key(tmp_path):
     assert len(calls) == 2
 
 
+def test_online_refinement_is_saved_and_resumed(tmp_path):
+    path, key = tmp_path / "profile.json", {"model": "a"}
+    costs = StepCostModel.load_or_measure(path, key, compute_bound_profile, BUDGETS)
+    for _ in range(300):  # real steps: verifying 4 nodes at batch 8 is slower; the scheduler adds 3 ms at batch 1
+        costs.observe(8, 4, draft=0.0, verify=3 * (2e-3 + 1e-4 * 32))
+        costs.observe_overhead(1, 3e-3)
+    assert costs.overhead_seconds(1) == pytest.approx(3e-3)
+    assert costs.overhead_seconds(64) == pytest.approx(3e-3)  # the nearest learned cell stands in
+    costs.save()
+    resumed = StepCostModel.load_or_measure(path, key, lambda: pytest.fail("the cache matches"), BUDGETS)
+    assert resumed.steps_observed == 300
+    for bs, n in [(8, 4), (1, 1), (64, 16)]:
+        assert resumed.step_seconds(bs, n) == pytest.approx(costs.step_seconds(bs, n))
+    assert resumed.verify_seconds(8, 4) == pytest.approx(3 * (2e-3 + 1e-4 * 32) + 3e-3, rel=0.01)
+
+
 def test_value_model_prices_every_budget_from_one_tree():
     calibration = AcceptanceCalibration(torch.device("cpu"))
     scores = torch.tensor([[1.0, 0.9, 0.5, 0.3, 0.01]])

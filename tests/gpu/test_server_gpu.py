@@ -22,7 +22,9 @@ from sgl_dflash.training.corpus import heldout_prompts
 ASSETS = Path(__file__).resolve().parents[2] / "sgl_dflash" / "assets"
 TARGET, DRAFT = ASSETS / "tiny-target", ASSETS / "tiny-draft"
 GPU_ARGS = ("--dtype", "bfloat16", "--mem-fraction-static", "0.12")
-SETTINGS = {"chain": (1, 16), "tree k2 n8": (2, 8), "tree k4 n32": (4, 32), "tree k8 n64": (8, 64)}
+# name -> (top-k, node budget, extra server args)
+SETTINGS = {"chain": (1, 16, ()), "tree k2 n8": (2, 8, ()), "tree k4 n32": (4, 32, ()), "tree k8 n64": (8, 64, ()),
+            "adaptive k4 n32": (4, 32, ("--speculative-adaptive",))}
 
 
 @pytest.fixture(scope="module")
@@ -31,9 +33,9 @@ def servers(tmp_path_factory):
     started = {"plain": Server(TARGET, logs / "plain.log", device="cuda", extra=GPU_ARGS).wait_ready(),
                "plain no overlap": Server(TARGET, logs / "plain_sync.log", device="cuda",
                                           extra=GPU_ARGS + ("--disable-overlap-schedule",)).wait_ready()}
-    for name, (k, n) in SETTINGS.items():
+    for name, (k, n, extra) in SETTINGS.items():
         started[name] = Server(TARGET, logs / f"{name}.log", device="cuda", draft=DRAFT, block_size=n,
-                               extra=GPU_ARGS + ("--speculative-eagle-topk", str(k))).wait_ready()
+                               extra=GPU_ARGS + ("--speculative-eagle-topk", str(k), *extra)).wait_ready()
     yield started
     for s in started.values():
         s.stop()
@@ -55,7 +57,7 @@ def test_greedy_matches_plain_with_graphs_and_overlap(servers, prompts, name):
 
     for a, b in zip(run(plain), run(spec)):
         assert a["output_ids"] == b["output_ids"]
-    k, n = SETTINGS[name]
+    k, n, _ = SETTINGS[name]
     if n >= 16:  # verify graphs are captured at the window max(N, B); N < B verifies eagerly
         assert "cuda graph: True" in spec.log()
 
