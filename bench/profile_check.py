@@ -139,7 +139,7 @@ def main() -> None:
         tau_seen = statistics.median(m[1] for m in measured["adaptive", c])
         lines.append(
             f"| {c} | {pred.rates[pred.choice]:.1f} | {_med(spec)} | {statistics.median(spec) / pred.rates[pred.choice]:.2f} "
-            f"| {pred.plain:.1f} | {_med(plain)} | {statistics.median(plain) / pred.plain:.2f} "
+            f"| {pred.no_speculation:.1f} | {_med(plain)} | {statistics.median(plain) / pred.no_speculation:.2f} "
             f"| {'off' if pred.choice == 1 else f'N={pred.choice}'} | {taus.get(pred.choice, 1.0):.2f} | {tau_seen:.2f} |"
         )
     lines += ["", f"Budgets the adaptive server chose over all levels and rounds (steps): {picked}"]

@@ -7,9 +7,11 @@ scheduler's, which plain decoding pays too). Both passes are profiled at
 startup on dummy inputs (a few seconds, logged; cached in a JSON file keyed
 by the models, device and settings). Every real step then refines the
 prediction for its batch size: the ratio of each pass's observed time to the
-profile's is kept as an exponential moving average (per batch-size cell, and
-per budget for the verify pass), so the profile's shape survives while its
-level follows the machine. Between profiled batch sizes the times are
+profile's (which also takes in the worker's own host work around the passes)
+is kept as a running mean over a cell's first 1/ema steps, then an
+exponential moving average (per batch-size cell, and per budget for the
+verify pass), so the profile's shape survives while its level follows the
+machine. Between profiled batch sizes the times are
 interpolated linearly, and extrapolated linearly past the largest. The
 outside work is learned from the period between back-to-back steps (per
 batch-size cell, CPU only). The refinement is written back into the cache
@@ -25,6 +27,7 @@ import json
 import logging
 import time
 import os
+from collections import Counter
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -63,6 +66,7 @@ class StepCostModel:
         # per cell: seconds per step outside the worker (the scheduler's), learned online; None until seen
         self.overhead: dict[int, Optional[float]] = dict.fromkeys(self.batch_sizes)
         self.steps_observed = 0
+        self._seen: Counter = Counter()  # observations per learned value
         self.cache: Optional[tuple[Path, dict]] = None  # (file, key) the profile came from, for save()
 
     def _cell(self, bs: int) -> int:
@@ -96,14 +100,18 @@ class StepCostModel:
         self.steps_observed += 1
         if draft > 0:
             ratio = draft / max(self._draft_prior(bs), 1e-9)
-            self.draft_correction[cell] += self.ema * (ratio - self.draft_correction[cell])
+            self.draft_correction[cell] = self._blend(("draft", cell), self.draft_correction[cell], ratio)
         ratio = verify / max(self._verify_prior(bs, n), 1e-9)
-        self.verify_correction[cell, n] += self.ema * (ratio - self.verify_correction[cell, n])
+        self.verify_correction[cell, n] = self._blend(("verify", cell, n), self.verify_correction[cell, n], ratio)
 
     def observe_overhead(self, bs: int, seconds: float) -> None:
         cell = self._cell(bs)
-        old = self.overhead[cell]
-        self.overhead[cell] = seconds if old is None else old + self.ema * (seconds - old)
+        self.overhead[cell] = self._blend(("overhead", cell), self.overhead[cell] or 0.0, seconds)
+
+    def _blend(self, key: tuple, old: float, new: float) -> float:
+        """Running mean over the first 1/ema observations (no slow start from the prior), then EMA."""
+        self._seen[key] += 1
+        return old + max(self.ema, 1.0 / self._seen[key]) * (new - old)
 
     # ------------------------------------------------------ online state
 
@@ -117,18 +125,23 @@ class StepCostModel:
         }
 
     def load_online_state(self, state: dict) -> None:
-        """Resume a saved refinement; entries for other batch sizes or budgets are ignored."""
+        """Resume a saved refinement (as settled: later steps move it at the EMA rate); entries for
+        other batch sizes or budgets are ignored."""
         self.steps_observed = int(state.get("steps", 0))
+        settled = round(1.0 / self.ema)
         for b, s in state.get("overhead", {}).items():
             if int(b) in self.overhead:
                 self.overhead[int(b)] = float(s)
+                self._seen["overhead", int(b)] = settled
         for b, c in state.get("draft_correction", {}).items():
             if int(b) in self.draft_correction:
                 self.draft_correction[int(b)] = float(c)
+                self._seen["draft", int(b)] = settled
         for cell, c in state.get("verify_correction", {}).items():
             b, n = (int(x) for x in cell.split("/"))
             if (b, n) in self.verify_correction:
                 self.verify_correction[b, n] = float(c)
+                self._seen["verify", b, n] = settled
 
     def save(self) -> None:
         """Write the profile and the online state back to the cache file it came from (if any)."""

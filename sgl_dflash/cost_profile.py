@@ -17,7 +17,9 @@ Prediction at concurrency c for node budget n with mean accept length tau(n)
 
 The controller's choice is the budget with the most tokens/s; the speedup is
 over ``c / step_seconds(c, 1)``, the worker's own undrafted step, which
-stands in for plain decoding's step.
+stands in for plain decoding's step (it costs more than plain decoding's step
+where the worker's host work is not small against the forward;
+bench/profile_check.py measures by how much).
 """
 
 from __future__ import annotations
@@ -132,7 +134,8 @@ class Prediction:
     rates: dict[int, float]  # budget -> output tokens/s; budget 1 is no speculation
 
     @property
-    def plain(self) -> float:
+    def no_speculation(self) -> float:
+        """Tokens/s of the worker's undrafted step (budget 1), the baseline of every speedup."""
         return self.rates[1]
 
     @property
@@ -141,7 +144,7 @@ class Prediction:
 
     @property
     def speedup(self) -> float:
-        return self.rates[self.choice] / self.plain
+        return self.rates[self.choice] / self.no_speculation
 
 
 def predict(costs: StepCostModel, taus: dict[int, float], concurrency: int) -> Prediction:

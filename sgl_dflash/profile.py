@@ -138,7 +138,8 @@ def report(args: argparse.Namespace, p: Profiled, out: Path) -> str:
         "",
         "tau = tokens committed per verify pass (accepted drafts + 1). Predicted tokens/s = "
         "concurrency x tau / step seconds of the cost profile; budget 1 is a decode step without "
-        "speculation (the baseline); the choice is the budget the adaptive controller would favour "
+        "speculation through the SGL_DFLASH worker (the baseline; on small models it is slower than plain "
+        "decoding, see bench/profile_check.py); the choice is the budget the adaptive controller would favour "
         "(`--speculative-adaptive`).",
     ]
     for temp in temperatures:
@@ -171,7 +172,7 @@ def report(args: argparse.Namespace, p: Profiled, out: Path) -> str:
             for pred in predictions(profile, budget_taus(accepts, cats, temp, budget_settings), concurrency):
                 cells = [f"{pred.rates[n]:.1f}" if n in pred.rates else "-" for n in sorted(budget_settings)]
                 pick = "no speculation" if pred.choice == 1 else f"N={pred.choice}"
-                lines.append(f"| {name} | {pred.concurrency} | {pred.plain:.1f} | " + " | ".join(cells)
+                lines.append(f"| {name} | {pred.concurrency} | {pred.no_speculation:.1f} | " + " | ".join(cells)
                              + f" | {pick} | {pred.speedup:.2f}x |")
     if traffic.skipped:
         lines += ["", "## Lines skipped", ""] + [f"- {m}" for m in traffic.skipped]

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 from sgl_dflash.launcher import Server
 from sgl_dflash.tiny_models import make_pair
@@ -14,6 +15,10 @@ from sgl_dflash.tiny_models import make_pair
 def model_dir(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("models")
 
+
+# Reference models in this process are tiny; one thread keeps them from spinning against the
+# servers' processes for the two cores.
+torch.set_num_threads(1)
 
 _PAIRS: dict[tuple, tuple[Path, Path]] = {}
 

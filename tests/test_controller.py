@@ -31,6 +31,9 @@ def test_cost_model_interpolates_extrapolates_and_learns():
         costs.observe(8, 4, draft=0.0, verify=2 * (2e-3 + 1e-4 * 32))
     assert costs.verify_seconds(8, 4) == pytest.approx(2 * (2e-3 + 1e-4 * 32), rel=0.01)
     assert costs.draft_seconds(8) == pytest.approx(1e-3 + 1.25e-5 * 128)  # untouched
+    fresh = StepCostModel(compute_bound_profile(), BUDGETS)
+    fresh.observe(16, 16, draft=0.0, verify=3 * (2e-3 + 1e-4 * 256))  # no slow start: the first step counts whole
+    assert fresh.verify_seconds(16, 16) == pytest.approx(3 * (2e-3 + 1e-4 * 256))
     assert batch_grid(48) == [1, 2, 4, 8, 16, 32, 48]
 
 
