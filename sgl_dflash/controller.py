@@ -145,7 +145,6 @@ class BudgetController:
         self.pending: deque[StepRecord] = deque()
         self.awaiting_accepts: deque[tuple[list[str], int, list[float]]] = deque()
         self.window = _Window()
-        self.costs.save()  # a small JSON write every log window: restarts and the profiler resume from it
 
     # ------------------------------------------------------------- decisions
 

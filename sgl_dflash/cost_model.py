@@ -25,8 +25,8 @@ import bisect
 import hashlib
 import json
 import logging
-import time
 import os
+import time
 from collections import Counter
 from pathlib import Path
 from typing import Callable, Optional
@@ -116,12 +116,14 @@ class StepCostModel:
     # ------------------------------------------------------ online state
 
     def online_state(self) -> dict:
-        """What real steps taught the model, as JSON."""
+        """What real steps taught the model, as JSON (only the values some step has moved)."""
         return {
             "steps": self.steps_observed,
-            "overhead": {str(b): s for b, s in self.overhead.items() if s is not None},
-            "draft_correction": {str(b): c for b, c in self.draft_correction.items()},
-            "verify_correction": {f"{b}/{n}": c for (b, n), c in self.verify_correction.items()},
+            "overhead": {str(b): s for b, s in self.overhead.items() if self._seen["overhead", b]},
+            "draft_correction": {str(b): c for b, c in self.draft_correction.items() if self._seen["draft", b]},
+            "verify_correction": {
+                f"{b}/{n}": c for (b, n), c in self.verify_correction.items() if self._seen["verify", b, n]
+            },
         }
 
     def load_online_state(self, state: dict) -> None:
