@@ -24,7 +24,6 @@ bench/profile_check.py measures by how much).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
@@ -32,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sgl_dflash.cost_model import StepCostModel
+from sgl_dflash.cost_model import StepCostModel, default_profile_path
 from sgl_dflash.launcher import Server
 
 
@@ -123,8 +122,7 @@ def server_profile(target: Path, draft: Path, *, device: str, topk: int, node_bu
 def default_path(target: Path, draft: Path, device: str, topk: int, node_budget: int) -> Path:
     """Where the profiler keeps the profiles its servers measure (one per setup)."""
     setup = [str(Path(target).resolve()), str(Path(draft).resolve()), device, topk, node_budget, PROFILER_KNOBS]
-    digest = hashlib.sha256(json.dumps(setup, sort_keys=True).encode()).hexdigest()[:16]
-    return Path.home() / ".cache" / "sgl_dflash" / "profiles" / f"profiler-{digest}.json"
+    return default_profile_path({"profiler setup": setup})
 
 
 @dataclass(frozen=True)
