@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -24,10 +25,21 @@ CPU_ENV = {
 CPU_ARGS = ("--device", "cpu", "--attention-backend", "torch_native", "--dtype", "float32")
 
 
+# Below the kernel's ephemeral range (where every outgoing connection takes its local port, so a
+# port picked by bind(0) can be taken before a slow-starting server binds it) and below
+# SGLang's own pick for its NCCL port (22000-29999).
+PORT_RANGE = (12000, 21999)
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    for port in random.sample(range(PORT_RANGE[0], PORT_RANGE[1] + 1), 64):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port in {PORT_RANGE}")
 
 
 def server_command(
@@ -57,24 +69,32 @@ class Server:
 
     def __init__(self, model: Path, log_path: Path, *, device: str = "cpu",
                  env: Optional[dict[str, str]] = None, **kwargs: Any) -> None:
+        self.log_path = log_path
+        cpu_env = {**CPU_ENV, "OMP_NUM_THREADS": "1"} if device == "cpu" else {}
+        self._env = {**os.environ, **cpu_env, **(env or {})}
+        self._command = lambda port: server_command(model, port, device=device, **kwargs)
+        self._launch()
+
+    def _launch(self) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.log_path = log_path
-        self._log = open(log_path, "w")
-        cpu_env = {**CPU_ENV, "OMP_NUM_THREADS": "1"} if device == "cpu" else {}
-        self.proc = subprocess.Popen(
-            server_command(model, self.port, device=device, **kwargs),
-            env={**os.environ, **cpu_env, **(env or {})},
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+        self._log = open(self.log_path, "w")
+        self.proc = subprocess.Popen(self._command(self.port), env=self._env, stdout=self._log,
+                                     stderr=subprocess.STDOUT, start_new_session=True)
 
     def wait_ready(self, timeout: float = READY_TIMEOUT_S) -> "Server":
         deadline = time.time() + timeout
+        relaunches = 2
         while time.time() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"server exited ({self.proc.returncode}):\n{self.log()[-4000:]}")
+            if relaunches and "address already in use" in self.log()[-2000:]:
+                # Something bound the port between our pick and the server's bind: pick another.
+                relaunches -= 1
+                self.stop()
+                self._launch()
+                deadline = time.time() + timeout
+                continue
             try:
                 if requests.get(f"{self.url}/model_info", timeout=2).status_code == 200:
                     return self

@@ -265,7 +265,11 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
 
 def run(args: argparse.Namespace) -> Profiled:
     """Read the traffic, get the cost profile, decode every request under every setting."""
-    torch.set_grad_enabled(False)
+    with torch.no_grad():
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> Profiled:
     try:
         target, tokenizer = load_target(args.target, args.device)
         drafter = DFlashDrafter.from_pretrained(args.draft).to(args.device).eval()

@@ -23,6 +23,13 @@ torch.set_num_threads(1)
 _PAIRS: dict[tuple, tuple[Path, Path]] = {}
 
 
+@pytest.fixture(autouse=True)
+def grad_mode_left_alone():
+    """A test that turns autograd off globally breaks later training tests; name it here instead."""
+    yield
+    assert torch.is_grad_enabled(), "this test left torch's grad mode disabled"
+
+
 @pytest.fixture(scope="session")
 def tiny_pair(model_dir):
     """tiny_pair(flavour, arch="qwen3", block_size=4) -> (target, draft), made once per session."""

@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 
 from sgl_dflash import profile as profiler
 from sgl_dflash.cost_profile import ProfileError, load_profile, predict
@@ -28,7 +27,6 @@ MAX_TOKENS = 24
 
 @pytest.fixture(scope="module")
 def models():
-    torch.set_grad_enabled(False)
     target, tokenizer = load_target(TARGET, "cpu")
     return target, tokenizer, DFlashDrafter.from_pretrained(DRAFT).eval()
 
