@@ -16,7 +16,10 @@ count from every request. The decision has two stages:
    curve (a running mean over its drafted steps, starting from the mean over
    all requests). Hysteresis: the state changes only when the other is
    predicted better by ``hysteresis``. After ``explore_every`` undrafted steps
-   in a row one step drafts anyway, so the estimates stay fresh.
+   in a row one step drafts anyway, so the estimates stay fresh; each such
+   exploration that leaves speculation off doubles the interval (up to
+   ``explore_max``), since an exploring draft pass costs most where drafting
+   does not pay (large batches).
 2. After drafting (``use_step_confidence``): the draft pass is paid; this
    step's own trees give E_r(n) for every budget at once (a budget's tree is
    the first n nodes of the full one), and the budget maximizing V(n) over
@@ -53,6 +56,7 @@ class ControllerConfig:
     budgets: tuple[int, ...] = ()  # candidate node budgets; default: 1 and powers of two up to N
     hysteresis: float = 0.05  # draft / don't draft changes only for a predicted rate this much better
     explore_every: int = 16  # undrafted steps in a row before one drafted step (0: never)
+    explore_max: int = 256  # the interval doubles after each exploration that keeps speculation off
     use_step_confidence: Optional[bool] = None  # stage 2; default: on for CPU, off for GPU
     profile_path: Optional[str] = None  # cost profile cache; default under ~/.cache/sgl_dflash
     profile_seconds: float = 20.0  # time the startup profile may take
@@ -141,6 +145,7 @@ class BudgetController:
         self.mean_curve = torch.tensor([float(n) for n in self.budgets])
         self.fared: dict[str, list[float]] = {}  # rid -> running [accepted drafts, expected drafts]
         self.undrafted = 0
+        self.explore_interval = config.explore_every
         self.steps = 0
         self.pending: deque[StepRecord] = deque()
         self.awaiting_accepts: deque[tuple[list[str], int, list[float]]] = deque()
@@ -154,6 +159,8 @@ class BudgetController:
         self.steps += 1
         if self.config.policy == "cycle":
             return self.budgets[self.steps % len(self.budgets)]
+        if len(self.budgets) == 1:  # budgets [1]: never speculate
+            return 1
         bs, value = len(rids), self.value(rids, self._running_curves(rids))
         off = float(value[0]) / self.costs.step_seconds(bs, 1)
         on = max(float(value[i]) / self.costs.step_seconds(bs, n) for i, n in enumerate(self.budgets) if n > 1)
@@ -161,8 +168,12 @@ class BudgetController:
             self.drafting = False
         elif not self.drafting and on > off * (1.0 + self.config.hysteresis):
             self.drafting = True
-        explore = self.config.explore_every and self.undrafted >= self.config.explore_every
+            self.explore_interval = self.config.explore_every
+        explore = self.config.explore_every and self.undrafted >= self.explore_interval
         if self.drafting or explore:
+            if explore and not self.drafting:
+                # Reset above if this exploration's estimates turn speculation back on.
+                self.explore_interval = min(2 * self.explore_interval, max(self.config.explore_max, self.config.explore_every))
             self.undrafted = 0
             return self.budgets[-1]
         self.undrafted += 1

@@ -111,7 +111,15 @@ def test_speculates_at_low_load_and_stops_at_high_load():
     # At 64 requests each node costs 6.4 ms more: only a plain decode step pays (with rare exploration).
     big = run_steps(controller(), [f"b{i}" for i in range(64)], curve, 40)
     assert big[-30:].count(1) >= 28
-    assert -1 in big[20:], "drafts now and then to keep its estimates fresh (and verifies the root)"
+    assert -1 in big[10:], "drafts now and then to keep its estimates fresh (and verifies the root)"
+
+
+def test_explorations_back_off_while_speculation_stays_off():
+    curve = [1.0, 2.5, 5.0]
+    chosen = run_steps(controller(explore_max=64), [f"b{i}" for i in range(64)], curve, 300)
+    explored = [i for i, n in enumerate(chosen) if n != 1][1:]  # the first step drafts optimistically
+    gaps = [b - a - 1 for a, b in zip(explored, explored[1:])]
+    assert gaps[:3] == [32, 64, 64], f"undrafted steps between explorations: {gaps}"
 
 
 def test_failing_drafts_and_low_confidence_shrink_the_budget():
@@ -124,6 +132,12 @@ def test_failing_drafts_and_low_confidence_shrink_the_budget():
         ctl.after_step(StepRecord(rids, 4, 0.0, 0.0, torch.tensor([[1.0, 3.0, 4.0]] * 2), torch.zeros(2, NUM_BUCKETS), (1e-3, 1e-3)))
         ctl.on_accepted([0, 0])
     assert ctl.value(rids, torch.tensor([[1.0, 3.0, 4.0]] * 2))[1] < 2.5
+
+
+def test_budgets_one_never_drafts():
+    config = ControllerConfig(budgets=(1,))
+    ctl = BudgetController(config, StepCostModel(compute_bound_profile(), BUDGETS), AcceptanceCalibration(torch.device("cpu")))
+    assert set(run_steps(ctl, ["a", "b"], [1.0], 20)) == {1}
 
 
 def test_hysteresis_keeps_the_decision_near_a_tie():
