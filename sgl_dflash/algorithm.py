@@ -23,7 +23,7 @@ from sgl_dflash.draft_checkpoint import validate_draft, validate_tree
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_MAX_RUNNING_REQUESTS = 48  # same default as the built-in DFLASH
+DEFAULT_MAX_RUNNING_REQUESTS = 48  # same default as the built-in DFLASH (fixed budgets only)
 
 
 class SglDFlashAlgo(CustomSpecAlgo):
@@ -97,7 +97,9 @@ def resolve_server_args(args: Any) -> None:
                 f"flashinfer on GPU, got {args.attention_backend!r}."
             )
         args.attention_backend = "flashinfer"
-    if args.max_running_requests is None:
+    if args.max_running_requests is None and config.adaptive is None:
+        # With the controller, batches grow as plain decoding's do: it stops speculating where
+        # that does not pay, and a cap plain decoding lacks would make it slower there.
         args.max_running_requests = DEFAULT_MAX_RUNNING_REQUESTS
     logger.info(
         "%s: draft %s, block size %d, top-k %d, node budget %d%s, target layers %s, mask token %d",

@@ -13,6 +13,11 @@ exponential moving average (per batch-size cell, and per budget for the
 verify pass), so the profile's shape survives while its level follows the
 machine. Between profiled batch sizes the times are
 interpolated linearly, and extrapolated linearly past the largest. The
+profile measures what the draft / don't-draft decision needs at every batch
+size first (the draft pass and a one-node verify), then larger budgets at
+growing batch sizes while its time lasts; past the largest batch size a
+budget was measured at, its verify time is the one-node time plus its extra
+tokens at the marginal cost per token measured there. The
 outside work is learned from the period between back-to-back steps (per
 batch-size cell, CPU only). The refinement is written back into the cache
 file every controller log window, so a restarted server, and the offline
@@ -34,6 +39,10 @@ from typing import Callable, Optional
 from sgl_dflash import ALGORITHM_NAME
 
 logger = logging.getLogger(__name__)
+
+# In the cache key: profiles measured before the current layout (one-node verify and draft at
+# every batch size first) are measured again.
+PROFILE_FORMAT = 2
 
 # (batch size, tokens per request) -> seconds of one pass, measured
 Timer = Callable[[int, int], float]
@@ -77,7 +86,13 @@ class StepCostModel:
         return _interpolate(self.batch_sizes, self.profile["draft"], bs)
 
     def _verify_prior(self, bs: int, n: int) -> float:
-        return _interpolate(self.batch_sizes, self.profile["verify"][str(n)], bs)
+        sizes, seconds = zip(*[(b, s) for b, s in zip(self.batch_sizes, self.profile["verify"][str(n)]) if s is not None])
+        if n == 1 or bs <= sizes[-1]:
+            return _interpolate(list(sizes), list(seconds), bs)
+        # Verify time grows with the tokens verified: n - 1 extra per request at the marginal cost
+        # per token measured at the largest batch size this budget was profiled at.
+        per_token = max(seconds[-1] - self._verify_prior(sizes[-1], 1), 0.0) / (sizes[-1] * (n - 1))
+        return self._verify_prior(bs, 1) + per_token * bs * (n - 1)
 
     def draft_seconds(self, bs: int) -> float:
         return self._draft_prior(bs) * self.draft_correction[self._cell(bs)]
@@ -158,25 +173,40 @@ class StepCostModel:
 
     @staticmethod
     def measure(draft: Timer, verify: Timer, budgets: list[int], max_bs: int, seconds: float) -> dict:
-        """Time both passes over batch sizes 1, 2, 4, ... within about `seconds`.
-
-        Once the time is spent (after at least two batch sizes), larger batch
-        sizes are left out: the model extrapolates linearly from the measured ones.
+        """Time both passes within about `seconds`: every budget at batch size 1; the draft pass and
+        a one-node verify at batch sizes 1, 2, 4, ... up to max_bs (at least two of them); then the
+        other budgets at batch sizes 2, 4, ... while time is left (null where not measured).
         """
         start = time.perf_counter()
+
+        def spent() -> float:
+            return time.perf_counter() - start
+
         sizes: list[int] = []
         draft_s: list[float] = []
-        verify_s: dict[str, list[float]] = {str(n): [] for n in budgets}
+        verify_s: dict[str, list[Optional[float]]] = {str(n): [] for n in budgets}
+        previous = 0.0  # seconds the last batch size took; the next one takes about twice that
         for bs in batch_grid(max_bs):
-            if len(sizes) >= 2 and time.perf_counter() - start > seconds:
+            if len(sizes) >= 2 and spent() + 2 * previous > seconds:
                 break
+            began = spent()
             sizes.append(bs)
             draft_s.append(_best_of(lambda: draft(bs, 0)))
             for n in budgets:
-                verify_s[str(n)].append(_best_of(lambda: verify(bs, n)))
+                measured = n == 1 or bs == 1
+                verify_s[str(n)].append(_best_of(lambda: verify(bs, n)) if measured else None)
+            previous = spent() - began
+        for i, bs in enumerate(sizes[1:], start=1):
+            for n in budgets[1:]:
+                if spent() > seconds:
+                    break
+                verify_s[str(n)][i] = _best_of(lambda: verify(bs, n))
+            if verify_s[str(budgets[-1])][i] is None:
+                break  # a budget's measured batch sizes stay a prefix of `sizes`
+        measured = sum(v is not None for column in verify_s.values() for v in column)
         logger.info(
-            "%s cost profile: %d batch sizes (%s) x budgets %s in %.1f s",
-            ALGORITHM_NAME, len(sizes), sizes, budgets, time.perf_counter() - start,
+            "%s cost profile: %d batch sizes (%s) x budgets %s (%d of %d verify cells measured) in %.1f s",
+            ALGORITHM_NAME, len(sizes), sizes, budgets, measured, len(sizes) * len(budgets), spent(),
         )
         return {"batch_sizes": sizes, "draft": draft_s, "verify": verify_s}
 
@@ -203,8 +233,8 @@ class StepCostModel:
 
 
 def _best_of(run: Callable[[], float], repeats: int = 3) -> float:
-    run()  # warm-up
-    return min(run() for _ in range(repeats))
+    first = run()  # warm-up; a slow pass varies little, so it is repeated once
+    return min(run() for _ in range(repeats if first < 0.25 else 1))
 
 
 def default_profile_path(key: dict) -> Path:

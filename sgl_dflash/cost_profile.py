@@ -81,10 +81,14 @@ def _is_profile(profile: Any) -> bool:
         return False
     sizes = profile.get("batch_sizes")
     columns = [profile.get("draft"), *profile["verify"].values()]
-    return (
+    if not (
         isinstance(sizes, list) and bool(sizes) and "1" in profile["verify"]
         and all(isinstance(c, list) and len(c) == len(sizes) for c in columns)
-    )
+    ):
+        return False
+    # Larger budgets may be unmeasured (null) past some batch size; batch size 1 and the
+    # draft / one-node columns are always measured.
+    return None not in profile["draft"] + profile["verify"]["1"] and all(c[0] is not None for c in columns)
 
 
 def adaptive_server(target: Path, draft: Path, *, device: str, topk: int, node_budget: int,

@@ -56,7 +56,7 @@ from sgl_dflash.acceptance import Acceptance, target_choices, walk_tree
 from sgl_dflash.commit import compact_kv, path_rows
 from sgl_dflash.config import SpecConfig
 from sgl_dflash.controller import BudgetController, ControllerConfig, StepRecord
-from sgl_dflash.cost_model import StepCostModel, default_profile_path
+from sgl_dflash.cost_model import PROFILE_FORMAT, StepCostModel, default_profile_path
 from sgl_dflash.penalties import PenaltyState
 from sgl_dflash.step import DraftTree, StepWindow
 from sgl_dflash.step_timing import StepTimer
@@ -128,6 +128,7 @@ class SglDFlashWorker(DFlashWorkerV2):
         runner = self.target_worker.model_runner
         max_bs = runner.req_to_token_pool.size
         key = {
+            "format": PROFILE_FORMAT,
             "target": str(Path(runner.model_config.model_path).resolve()),
             "draft": str(Path(self.draft_model_runner.model_config.model_path).resolve()),
             "device": torch.cuda.get_device_name(self.device) if self.device != "cpu" else platform.processor() or platform.machine(),
@@ -195,6 +196,8 @@ class SglDFlashWorker(DFlashWorkerV2):
             host_curves = curves.cpu() if self._step_confidence else None  # stage 2 waits for the draft
             budget = self.controller.after_draft(rids, host_curves, budget)
         tree = full_tree.prefix(budget)
+        if self.controller is not None:
+            self.speculative_num_draft_tokens = budget  # SGLang's gauge sglang:spec_num_draft_tokens
         with self.timer.stage("verify"):
             logits_output, can_run_graph = self._verify(batch, window, tree, grammar_barrier)
         acceptance = self._accept(batch, tree, logits_output)

@@ -37,6 +37,29 @@ def test_cost_model_interpolates_extrapolates_and_learns():
     assert batch_grid(48) == [1, 2, 4, 8, 16, 32, 48]
 
 
+def test_profile_spends_its_time_on_every_batch_size_first(monkeypatch):
+    """A slow machine: the draft pass and one-node verify cover every batch size, larger budgets
+    only the small ones; past those, a budget costs the one-node time plus its extra tokens."""
+    clock = [0.0]
+    monkeypatch.setattr("sgl_dflash.cost_model.time.perf_counter", lambda: clock[0])
+
+    def timer(cost):
+        def run(bs: int, n: int) -> float:
+            clock[0] += cost(bs, n)
+            return cost(bs, n)
+        return run
+
+    verify = lambda bs, n: 0.1 + 0.01 * bs * n  # noqa: E731
+    profile = StepCostModel.measure(timer(lambda bs, _: 0.02 * bs), timer(verify), BUDGETS, 64, 20.0)
+    assert profile["batch_sizes"] == [1, 2, 4, 8, 16, 32, 64]
+    assert None not in profile["draft"] + profile["verify"]["1"]
+    measured_16 = [s is not None for s in profile["verify"]["16"]]
+    assert measured_16[0] and not measured_16[-1] and measured_16 == sorted(measured_16, reverse=True)
+    costs = StepCostModel(profile, BUDGETS)
+    for bs in (48, 64):
+        assert costs.verify_seconds(bs, 16) == pytest.approx(verify(bs, 16))
+
+
 def test_cost_profile_is_cached_by_key(tmp_path):
     calls = []
 

@@ -44,7 +44,7 @@ def servers(start_servers, tmp_path_factory):
                                     "profile_seconds": 5, "log_every": 32}))
         specs[policy] = {"model": TARGET, "draft": DRAFT, "extra": (
             "--speculative-eagle-topk", "4", "--speculative-num-draft-tokens", "32",
-            "--speculative-adaptive", "--speculative-adaptive-config", str(path))}
+            "--speculative-adaptive", "--speculative-adaptive-config", str(path), "--enable-metrics")}
     plain, rate, cycle = start_servers({"model": TARGET}, specs["rate"], specs["cycle"])
     return plain, {"rate": rate, "cycle": cycle}
 
@@ -112,3 +112,9 @@ def test_fuzz_exact_no_loss_no_leak(servers, policy):
     assert budgets > 0, "the controller logged its decisions"
     if policy == "cycle":
         assert "budgets {1:" in log and "32:" in log  # off and full trees both ran
+    # SGLang's own gauges: the latest step's node budget (1 = no speculation) and accept length.
+    metrics = {line.split("{")[0]: float(line.rsplit(" ", 1)[1])
+               for line in requests.get(f"{server.url}/metrics", timeout=10).text.splitlines()
+               if line.startswith("sglang:spec_")}
+    assert metrics["sglang:spec_num_draft_tokens"] in (1, 2, 4, 8, 16, 32), metrics
+    assert metrics["sglang:spec_accept_length"] >= 1.0, metrics
