@@ -22,6 +22,9 @@ def draft_topk(hidden: torch.Tensor, lm_head: torch.Tensor, topk: int) -> tuple[
     return ids, probs
 
 
+ROWS_PER_CHUNK = 1024
+
+
 class DraftTopKHead:
     """Per-position top-K of a draft block, written into fixed buffers.
 
@@ -40,9 +43,12 @@ class DraftTopKHead:
     def __call__(self, hidden_states: torch.Tensor, input_ids: torch.Tensor | None = None) -> None:
         bs = hidden_states.shape[0] // self.block_size
         hidden = hidden_states[: bs * self.block_size].view(bs, self.block_size, -1)[:, 1:]
-        ids, probs = draft_topk(hidden.reshape(-1, hidden.shape[-1]), self.lm_head, self.topk)
-        self.ids[: ids.shape[0]].copy_(ids)
-        self.probs[: probs.shape[0]].copy_(probs)
+        rows = hidden.reshape(-1, hidden.shape[-1])
+        # In chunks: a large batch's [rows, vocab] logits at once could take gigabytes.
+        for start in range(0, rows.shape[0], ROWS_PER_CHUNK):
+            ids, probs = draft_topk(rows[start : start + ROWS_PER_CHUNK], self.lm_head, self.topk)
+            self.ids[start : start + ids.shape[0]].copy_(ids)
+            self.probs[start : start + probs.shape[0]].copy_(probs)
 
     def read(self, bs: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(ids, probs), each [bs, B-1, K]."""

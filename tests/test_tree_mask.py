@@ -13,7 +13,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from sgl_dflash.tree import make_tree
+import sgl_dflash.tree as tree_module
+from sgl_dflash.tree import DraftTopKHead, draft_topk, make_tree
 from sgl_dflash.tree_mask import tree_custom_mask, verify_mask
 from sgl_dflash.verify_attention import block_verify_attention
 
@@ -115,3 +116,16 @@ def test_block_attention_causal_and_bidirectional(causal):
         for i in range(4):
             allowed = torch.arange(prefix + 4) <= prefix + i if causal else torch.ones(prefix + 4, dtype=torch.bool)
             torch.testing.assert_close(out[b * 4 + i], attend_one(q[b * 4 + i], k_pool, v_pool, locs, allowed, 0.3))
+
+
+def test_draft_head_in_chunks_equals_one_pass(monkeypatch):
+    """A big batch's top-K is computed a chunk of rows at a time, with the same result."""
+    torch.manual_seed(0)
+    lm_head, hidden = torch.randn(50, 8), torch.randn(7 * 4, 8)  # 7 requests, block 4
+    monkeypatch.setattr(tree_module, "ROWS_PER_CHUNK", 5)
+    head = DraftTopKHead(lm_head, block_size=4, topk=3, max_bs=8)
+    head(hidden)
+    ids, probs = head.read(7)
+    want_ids, want_probs = draft_topk(hidden.view(7, 4, 8)[:, 1:].reshape(-1, 8), lm_head, 3)
+    assert torch.equal(ids.reshape(-1, 3), want_ids)
+    assert torch.allclose(probs.reshape(-1, 3), want_probs)
