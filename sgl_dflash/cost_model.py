@@ -70,6 +70,11 @@ class StepCostModel:
         self.profile = profile
         self.ema = ema
         self.batch_sizes: list[int] = profile["batch_sizes"]
+        # budget -> (batch sizes, seconds) of its measured verify cells (a prefix of batch_sizes)
+        self._measured = {
+            int(n): tuple(map(list, zip(*[(b, s) for b, s in zip(self.batch_sizes, column) if s is not None])))
+            for n, column in profile["verify"].items()
+        }
         self.draft_correction = dict.fromkeys(self.batch_sizes, 1.0)
         self.verify_correction = {(bs, n): 1.0 for bs in self.batch_sizes for n in budgets}
         # per cell: seconds per step outside the worker (the scheduler's), learned online; None until seen
@@ -86,9 +91,9 @@ class StepCostModel:
         return _interpolate(self.batch_sizes, self.profile["draft"], bs)
 
     def _verify_prior(self, bs: int, n: int) -> float:
-        sizes, seconds = zip(*[(b, s) for b, s in zip(self.batch_sizes, self.profile["verify"][str(n)]) if s is not None])
+        sizes, seconds = self._measured[n]
         if n == 1 or bs <= sizes[-1]:
-            return _interpolate(list(sizes), list(seconds), bs)
+            return _interpolate(sizes, seconds, bs)
         # Verify time grows with the tokens verified: n - 1 extra per request at the marginal cost
         # per token measured at the largest batch size this budget was profiled at.
         per_token = max(seconds[-1] - self._verify_prior(sizes[-1], 1), 0.0) / (sizes[-1] * (n - 1))
