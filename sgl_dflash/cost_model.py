@@ -208,10 +208,10 @@ class StepCostModel:
                 verify_s[str(n)][i] = _best_of(lambda: verify(bs, n))
             if verify_s[str(budgets[-1])][i] is None:
                 break  # a budget's measured batch sizes stay a prefix of `sizes`
-        measured = sum(v is not None for column in verify_s.values() for v in column)
+        cells = sum(v is not None for column in verify_s.values() for v in column)
         logger.info(
             "%s cost profile: %d batch sizes (%s) x budgets %s (%d of %d verify cells measured) in %.1f s",
-            ALGORITHM_NAME, len(sizes), sizes, budgets, measured, len(sizes) * len(budgets), spent(),
+            ALGORITHM_NAME, len(sizes), sizes, budgets, cells, len(sizes) * len(budgets), spent(),
         )
         return {"batch_sizes": sizes, "draft": draft_s, "verify": verify_s}
 
