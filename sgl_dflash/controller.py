@@ -248,6 +248,8 @@ class BudgetController:
                 expected = (step.curves[:, column] - 1.0).tolist()
             self.awaiting_accepts.append((step.rids, step.budget, expected))
             draft, verify = step.seconds()
+            if step.curves is None:  # not drafted: the time before the verify pass (scheduling) is the step's
+                draft, verify = 0.0, draft + verify
             self.costs.observe(len(step.rids), step.budget, draft, verify)
             w = self.window
             w.budgets[step.budget] += 1

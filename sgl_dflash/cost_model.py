@@ -6,12 +6,15 @@ nodes per request), plus the per-step work outside the worker (the
 scheduler's, which plain decoding pays too). Both passes are profiled at
 startup on dummy inputs (a few seconds, logged; cached in a JSON file keyed
 by the models, device and settings). Every real step then refines the
-prediction for its batch size: the ratio of each pass's observed time to the
-profile's (which also takes in the worker's own host work around the passes)
-is kept as a running mean over a cell's first 1/ema steps, then an
-exponential moving average (per batch-size cell, and per budget for the
-verify pass), so the profile's shape survives while its level follows the
-machine. Between profiled batch sizes the times are
+prediction in two parts. A machine-speed factor shared by every cell follows
+the ratio of each step's observed time to its prediction quickly (a moving
+average over a few steps): a machine that slows down (other load, clocks)
+shows in the frequent undrafted steps and is priced at once into the drafted
+ones, which are seen rarely. Per cell (batch size, and budget for the verify
+pass), the ratio of each pass's observed time to the profile's times the
+speed (which also takes in the worker's own host work around the passes) is
+kept as a running mean over a cell's first 1/ema steps, then an exponential
+moving average: what the profile got wrong about that cell's shape. Between profiled batch sizes the times are
 interpolated linearly, and extrapolated linearly past the largest. The
 profile measures what the draft / don't-draft decision needs at every batch
 size first (the draft pass and a one-node verify), then larger budgets at
@@ -40,9 +43,9 @@ from sgl_dflash import ALGORITHM_NAME
 
 logger = logging.getLogger(__name__)
 
-# In the cache key: profiles measured before the current layout (one-node verify and draft at
-# every batch size first) are measured again.
-PROFILE_FORMAT = 2
+# In the cache key: profiles of an older layout (before one-node verify and draft at every batch
+# size first; before the speed factor, with online state learned without it) are measured again.
+PROFILE_FORMAT = 3
 
 # (batch size, tokens per request) -> seconds of one pass, measured
 Timer = Callable[[int, int], float]
@@ -65,10 +68,12 @@ def _interpolate(xs: list[int], ys: list[float], x: float) -> float:
 
 
 class StepCostModel:
-    def __init__(self, profile: dict, budgets: list[int], ema: float = 0.05) -> None:
+    def __init__(self, profile: dict, budgets: list[int], ema: float = 0.05, speed_rate: float = 0.2) -> None:
         """profile: {"batch_sizes": [...], "draft": [s per bs], "verify": {"n": [s per bs]}}."""
         self.profile = profile
         self.ema = ema
+        self.speed_rate = speed_rate
+        self.speed = 1.0  # the machine now relative to the cells' learned level; every cell's time scales with it
         self.batch_sizes: list[int] = profile["batch_sizes"]
         # budget -> (batch sizes, seconds) of its measured verify cells (a prefix of batch_sizes)
         self._measured = {
@@ -99,12 +104,18 @@ class StepCostModel:
         per_token = max(seconds[-1] - self._verify_prior(sizes[-1], 1), 0.0) / (sizes[-1] * (n - 1))
         return self._verify_prior(bs, 1) + per_token * bs * (n - 1)
 
-    def draft_seconds(self, bs: int) -> float:
+    def _draft_cell(self, bs: int) -> float:
         return self._draft_prior(bs) * self.draft_correction[self._cell(bs)]
+
+    def _verify_cell(self, bs: int, n: int) -> float:
+        return self._verify_prior(bs, n) * self.verify_correction[self._cell(bs), n]
+
+    def draft_seconds(self, bs: int) -> float:
+        return self._draft_cell(bs) * self.speed
 
     def verify_seconds(self, bs: int, n: int) -> float:
         """The verify pass and everything else of the step but the draft pass."""
-        return self._verify_prior(bs, n) * self.verify_correction[self._cell(bs), n] + self.overhead_seconds(bs)
+        return self._verify_cell(bs, n) * self.speed + self.overhead_seconds(bs)
 
     def overhead_seconds(self, bs: int) -> float:
         """The outside work at this batch size: its cell's, else the nearest learned cell's, else 0."""
@@ -118,10 +129,12 @@ class StepCostModel:
         """One step's measured draft pass (0 when skipped) and the rest of its forward."""
         cell = self._cell(bs)
         self.steps_observed += 1
+        predicted = self._verify_cell(bs, n) + (self._draft_cell(bs) if draft > 0 else 0.0)
+        self.speed += self.speed_rate * ((draft + verify) / max(predicted, 1e-9) - self.speed)
         if draft > 0:
-            ratio = draft / max(self._draft_prior(bs), 1e-9)
+            ratio = draft / max(self._draft_prior(bs) * self.speed, 1e-9)
             self.draft_correction[cell] = self._blend(("draft", cell), self.draft_correction[cell], ratio)
-        ratio = verify / max(self._verify_prior(bs, n), 1e-9)
+        ratio = verify / max(self._verify_prior(bs, n) * self.speed, 1e-9)
         self.verify_correction[cell, n] = self._blend(("verify", cell, n), self.verify_correction[cell, n], ratio)
 
     def observe_overhead(self, bs: int, seconds: float) -> None:
@@ -139,6 +152,7 @@ class StepCostModel:
         """What real steps taught the model, as JSON (only the values some step has moved)."""
         return {
             "steps": self.steps_observed,
+            "speed": self.speed,
             "overhead": {str(b): s for b, s in self.overhead.items() if self._seen["overhead", b]},
             "draft_correction": {str(b): c for b, c in self.draft_correction.items() if self._seen["draft", b]},
             "verify_correction": {
@@ -150,6 +164,7 @@ class StepCostModel:
         """Resume a saved refinement (as settled: later steps move it at the EMA rate); entries for
         other batch sizes or budgets are ignored."""
         self.steps_observed = int(state.get("steps", 0))
+        self.speed = float(state.get("speed", 1.0))
         settled = round(1.0 / self.ema)
         for b, s in state.get("overhead", {}).items():
             if int(b) in self.overhead:

@@ -30,11 +30,25 @@ def test_cost_model_interpolates_extrapolates_and_learns():
     for _ in range(200):  # this machine turns out twice as slow at verifying
         costs.observe(8, 4, draft=0.0, verify=2 * (2e-3 + 1e-4 * 32))
     assert costs.verify_seconds(8, 4) == pytest.approx(2 * (2e-3 + 1e-4 * 32), rel=0.01)
-    assert costs.draft_seconds(8) == pytest.approx(1e-3 + 1.25e-5 * 128)  # untouched
     fresh = StepCostModel(compute_bound_profile(), BUDGETS)
     fresh.observe(16, 16, draft=0.0, verify=3 * (2e-3 + 1e-4 * 256))  # no slow start: the first step counts whole
     assert fresh.verify_seconds(16, 16) == pytest.approx(3 * (2e-3 + 1e-4 * 256))
     assert batch_grid(48) == [1, 2, 4, 8, 16, 32, 48]
+
+
+def test_a_slower_machine_is_priced_into_cells_seen_rarely():
+    """Undrafted steps, the frequent ones, show the machine slowing down; drafted steps, seen
+    rarely, are priced slower at once and keep what their cells learned about the profile."""
+    costs = StepCostModel(compute_bound_profile(), BUDGETS)
+    verify, draft = costs._verify_prior, costs._draft_prior
+    for _ in range(100):  # as profiled, except that verifying 16 nodes costs 1.5x the profile
+        costs.observe(8, 1, draft=0.0, verify=verify(8, 1))
+        costs.observe(8, 16, draft=draft(8), verify=1.5 * verify(8, 16))
+    for _ in range(30):  # then a quarter slower, and speculation stays off
+        costs.observe(8, 1, draft=0.0, verify=1.25 * verify(8, 1))
+    assert costs.verify_seconds(8, 1) == pytest.approx(1.25 * verify(8, 1), rel=0.01)
+    assert costs.verify_seconds(8, 16) == pytest.approx(1.25 * 1.5 * verify(8, 16), rel=0.05)
+    assert costs.draft_seconds(8) == pytest.approx(1.25 * draft(8), rel=0.05)
 
 
 def test_profile_spends_its_time_on_every_batch_size_first(monkeypatch):
@@ -161,6 +175,15 @@ def test_budgets_one_never_drafts():
     config = ControllerConfig(budgets=(1,))
     ctl = BudgetController(config, StepCostModel(compute_bound_profile(), BUDGETS), AcceptanceCalibration(torch.device("cpu")))
     assert set(run_steps(ctl, ["a", "b"], [1.0], 20)) == {1}
+
+
+def test_an_undrafted_step_teaches_nothing_about_the_draft_pass():
+    """Its time before the verify pass (scheduling, no draft) is part of its one-node step."""
+    ctl = controller(explore_every=0)
+    for _ in range(5):
+        ctl.after_step(StepRecord(["a"], 1, 0.0, 0.0, None, None, (2e-4, 1e-3)))
+    assert ctl.costs.draft_correction[1] == 1.0 and not ctl.costs.online_state()["draft_correction"]
+    assert ctl.costs.verify_seconds(1, 1) == pytest.approx(1.2e-3)
 
 
 def test_hysteresis_keeps_the_decision_near_a_tie():
