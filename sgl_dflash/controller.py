@@ -143,6 +143,7 @@ class BudgetController:
         self.curves: dict[str, torch.Tensor] = {}  # rid -> running expected-commit curve (host)
         # Optimistic until the first drafted step says otherwise: speculation gets tried first.
         self.mean_curve = torch.tensor([float(n) for n in self.budgets])
+        self.curves_seen = False  # whether any drafted step has replaced the optimistic mean_curve
         self.fared: dict[str, list[float]] = {}  # rid -> running [accepted drafts, expected drafts]
         self.undrafted = 0
         self.explore_interval = config.explore_every
@@ -241,10 +242,14 @@ class BudgetController:
             expected = [0.0] * len(step.rids)
             if step.curves is not None:
                 self.calibration.fold(step.counts)
+                # A first measurement replaces a prior rather than blending with it: blended with
+                # the optimistic start, a batch of new requests kept drafting for ~6 steps.
                 for rid, curve in zip(step.rids, step.curves):
-                    old = self.curves.get(rid, self.mean_curve)
-                    self.curves[rid] = old + 0.3 * (curve - old)
-                self.mean_curve = self.mean_curve + 0.3 * (step.curves.mean(dim=0) - self.mean_curve)
+                    old = self.curves.get(rid)
+                    self.curves[rid] = curve if old is None else old + 0.3 * (curve - old)
+                mean = step.curves.mean(dim=0)
+                self.mean_curve = self.mean_curve + 0.3 * (mean - self.mean_curve) if self.curves_seen else mean
+                self.curves_seen = True
                 expected = (step.curves[:, column] - 1.0).tolist()
             self.awaiting_accepts.append((step.rids, step.budget, expected))
             draft, verify = step.seconds()

@@ -22,7 +22,9 @@ CPU_ENV = {
     "SGLANG_USE_CPU_ENGINE": "1",
     "SGLANG_ENABLE_STRICT_MEM_CHECK_DURING_IDLE": "1",
 }
-CPU_ARGS = ("--device", "cpu", "--attention-backend", "torch_native", "--dtype", "float32")
+# --sleep-on-idle: an idle scheduler otherwise polls its sockets in a busy loop, a whole core
+# each; servers side by side (tests, the demo) would take the cores from the one that works.
+CPU_ARGS = ("--device", "cpu", "--attention-backend", "torch_native", "--dtype", "float32", "--sleep-on-idle")
 
 
 # Below the kernel's ephemeral range (where every outgoing connection takes its local port, so a
