@@ -14,8 +14,9 @@ ones, which are seen rarely. Per cell (batch size, and budget for the verify
 pass), the ratio of each pass's observed time to the profile's times the
 speed (which also takes in the worker's own host work around the passes) is
 kept as a running mean over a cell's first 1/ema steps, then an exponential
-moving average: what the profile got wrong about that cell's shape. Between profiled batch sizes the times are
-interpolated linearly, and extrapolated linearly past the largest. The
+moving average: what the profile got wrong about that cell's shape. Between
+profiled batch sizes the times are interpolated linearly, and extrapolated
+linearly past the largest. The
 profile measures what the draft / don't-draft decision needs at every batch
 size first (the draft pass and a one-node verify), then larger budgets at
 growing batch sizes while its time lasts; past the largest batch size a
