@@ -113,11 +113,14 @@ class StepRecord:
         return timed and (self.done is None or self.done.query())
 
     def seconds(self) -> tuple[float, float]:
-        """(draft, rest of the forward) seconds."""
+        """(draft, rest of the forward) seconds; an undrafted step's time before its verify pass
+        (scheduling) is part of its one-node step."""
         if isinstance(self.timing[0], float):
-            return self.timing
-        start, drafted, end = self.timing
-        return start.elapsed_time(drafted) / 1e3, drafted.elapsed_time(end) / 1e3
+            draft, rest = self.timing
+        else:
+            start, drafted, end = self.timing
+            draft, rest = start.elapsed_time(drafted) / 1e3, drafted.elapsed_time(end) / 1e3
+        return (draft, rest) if self.curves is not None else (0.0, draft + rest)
 
 
 @dataclass
@@ -253,8 +256,6 @@ class BudgetController:
                 expected = (step.curves[:, column] - 1.0).tolist()
             self.awaiting_accepts.append((step.rids, step.budget, expected))
             draft, verify = step.seconds()
-            if step.curves is None:  # not drafted: the time before the verify pass (scheduling) is the step's
-                draft, verify = 0.0, draft + verify
             self.costs.observe(len(step.rids), step.budget, draft, verify)
             w = self.window
             w.budgets[step.budget] += 1
