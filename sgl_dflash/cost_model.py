@@ -105,18 +105,13 @@ class StepCostModel:
         per_token = max(seconds[-1] - self._verify_prior(sizes[-1], 1), 0.0) / (sizes[-1] * (n - 1))
         return self._verify_prior(bs, 1) + per_token * bs * (n - 1)
 
-    def _draft_cell(self, bs: int) -> float:
-        return self._draft_prior(bs) * self.draft_correction[self._cell(bs)]
-
-    def _verify_cell(self, bs: int, n: int) -> float:
-        return self._verify_prior(bs, n) * self.verify_correction[self._cell(bs), n]
-
     def draft_seconds(self, bs: int) -> float:
-        return self._draft_cell(bs) * self.speed
+        return self._draft_prior(bs) * self.draft_correction[self._cell(bs)] * self.speed
 
     def verify_seconds(self, bs: int, n: int) -> float:
         """The verify pass and everything else of the step but the draft pass."""
-        return self._verify_cell(bs, n) * self.speed + self.overhead_seconds(bs)
+        cell = self._cell(bs)
+        return self._verify_prior(bs, n) * self.verify_correction[cell, n] * self.speed + self.overhead_seconds(bs)
 
     def overhead_seconds(self, bs: int) -> float:
         """The outside work at this batch size: its cell's, else the nearest learned cell's, else 0."""
@@ -130,12 +125,15 @@ class StepCostModel:
         """One step's measured draft pass (0 when skipped) and the rest of its forward."""
         cell = self._cell(bs)
         self.steps_observed += 1
-        predicted = self._verify_cell(bs, n) + (self._draft_cell(bs) if draft > 0 else 0.0)
+        draft_prior, verify_prior = self._draft_prior(bs), self._verify_prior(bs, n)
+        predicted = verify_prior * self.verify_correction[cell, n]  # the cells alone, without the speed
+        if draft > 0:
+            predicted += draft_prior * self.draft_correction[cell]
         self.speed += self.speed_rate * ((draft + verify) / max(predicted, 1e-9) - self.speed)
         if draft > 0:
-            ratio = draft / max(self._draft_prior(bs) * self.speed, 1e-9)
+            ratio = draft / max(draft_prior * self.speed, 1e-9)
             self.draft_correction[cell] = self._blend(("draft", cell), self.draft_correction[cell], ratio)
-        ratio = verify / max(self._verify_prior(bs, n) * self.speed, 1e-9)
+        ratio = verify / max(verify_prior * self.speed, 1e-9)
         self.verify_correction[cell, n] = self._blend(("verify", cell, n), self.verify_correction[cell, n], ratio)
 
     def observe_overhead(self, bs: int, seconds: float) -> None:
