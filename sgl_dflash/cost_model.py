@@ -45,8 +45,9 @@ from sgl_dflash import ALGORITHM_NAME
 logger = logging.getLogger(__name__)
 
 # In the cache key: profiles of an older layout (before one-node verify and draft at every batch
-# size first; before the speed factor, with online state learned without it) are measured again.
-PROFILE_FORMAT = 3
+# size first; before the speed factor, with online state learned without it; before the CPU's
+# prepacked linear layers, sglang_patches) are measured again.
+PROFILE_FORMAT = 4
 
 # (batch size, tokens per request) -> seconds of one pass, measured
 Timer = Callable[[int, int], float]
