@@ -16,14 +16,13 @@ speed (which also takes in the worker's own host work around the passes) is
 kept as a running mean over a cell's first 1/ema steps, then an exponential
 moving average: what the profile got wrong about that cell's shape. Between
 profiled batch sizes the times are interpolated linearly, and extrapolated
-linearly past the largest. The
-profile measures what the draft / don't-draft decision needs at every batch
-size first (the draft pass and a one-node verify), then larger budgets at
-growing batch sizes while its time lasts; past the largest batch size a
-budget was measured at, its verify time is the one-node time plus its extra
-tokens at the marginal cost per token measured there. The
-outside work is learned from the period between back-to-back steps (per
-batch-size cell, CPU only). The refinement is written back into the cache
+linearly past the largest. The profile measures what the draft / don't-draft
+decision needs at every batch size first (the draft pass and a one-node
+verify), then larger budgets at growing batch sizes while its time lasts;
+past the largest batch size a budget was measured at, its verify time is the
+one-node time plus its extra tokens at the marginal cost per token measured
+there. The outside work is learned from the period between back-to-back
+steps (per batch-size cell, CPU only). The refinement is written back into the cache
 file every controller log window, so a restarted server, and the offline
 profiler (python -m sgl_dflash.profile), start from what real steps measured.
 """
