@@ -22,9 +22,10 @@ verify), then larger budgets at growing batch sizes while its time lasts;
 past the largest batch size a budget was measured at, its verify time is the
 one-node time plus its extra tokens at the marginal cost per token measured
 there. The outside work is learned from the period between back-to-back
-steps (per batch-size cell, CPU only). The refinement is written back into the cache
-file every controller log window, so a restarted server, and the offline
-profiler (python -m sgl_dflash.profile), start from what real steps measured.
+steps (per batch-size cell, CPU only). The refinement is written back into
+the cache file every controller log window, so a restarted server, and the
+offline profiler (python -m sgl_dflash.profile), start from what real steps
+measured.
 """
 
 from __future__ import annotations
