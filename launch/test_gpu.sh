@@ -2,10 +2,26 @@
 # GPU checks in a few minutes, for a session lent a GPU: kernels and FlashInfer's
 # tree mask, real GPU servers (CUDA graphs, overlap scheduling) exact vs plain
 # for the chain, trees and the controller, then a short benchmark. Results: bench/results/.
+#
+# --bare: for a GPU machine that cannot install SGLang (no package registry; this
+# workplace's lent machines have torch and triton only): the Triton kernels on the
+# GPU against their references with the machine's python3, then the step-cost table
+# of a Llama-3-8B-shaped target (bench/gpu_step_cost.py). FlashInfer and the servers
+# need SGLang's stack and are skipped.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash launch/setup.sh
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
+if [ "${1:-}" = "--bare" ]; then
+  shift
+  # The kernels ship as sgl_dflash.kernels (pyproject's package-dir); lay that out without pip.
+  pkg="$(mktemp -d)"
+  cp -r sgl_dflash "$pkg/" && rm -rf "$pkg/sgl_dflash/kernels" && cp -r kernels "$pkg/sgl_dflash/kernels"
+  export PYTHONPATH="$pkg"
+  python3 -P -m pytest tests/gpu/test_kernels_cuda.py --noconftest -p no:cacheprovider -q "$@"
+  for context in 1024 4096; do python3 bench/gpu_step_cost.py --context "$context"; done
+  exit
+fi
+bash launch/setup.sh
 .venv/bin/python -m pytest tests/gpu -x -q "$@"
 .venv/bin/python bench/compare.py --device cuda --pair tiny --concurrency 1,8,32 --rounds 3 \
   --modes "plain,DFLASH,SGL_DFLASH,SGL_DFLASH tree k4 n32=--speculative-eagle-topk 4 --speculative-num-draft-tokens 32,\
