@@ -5,7 +5,8 @@ continues with the accepted path, so node ``path[d]`` must end up in slot d
 (slots 0..a right after the prefix); the rest of the window is free again
 (SGLang reuses the reserved slots next step). Moving is done with SGLang's
 ``move_kv_cache`` (its all-layer Triton copy, safe when sources and targets
-overlap). A chain's path is the identity, so it moves nothing.
+overlap). A chain's path is the identity, so it moves nothing; nor does
+the root alone (an undrafted step).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ def compaction_plan(slots: torch.Tensor, path: torch.Tensor) -> tuple[torch.Tens
 
 
 def compact_kv(kv_pool, slots: torch.Tensor, path: torch.Tensor, topk: int) -> None:
-    if topk == 1:
+    if topk == 1 or path.shape[1] == 1:  # a chain, or the root alone: already in place
         return
     targets, sources = compaction_plan(slots, path)
     kv_pool.move_kv_cache(targets, sources)

@@ -46,8 +46,9 @@ logger = logging.getLogger(__name__)
 
 # In the cache key: profiles of an older layout (before one-node verify and draft at every batch
 # size first; before the speed factor, with online state learned without it; before the CPU's
-# prepacked linear layers, sglang_patches) are measured again.
-PROFILE_FORMAT = 4
+# prepacked linear layers, sglang_patches; before shapes' first steps were left out of the online
+# state, which could have learned their one-time costs) are measured again.
+PROFILE_FORMAT = 5
 
 # (batch size, tokens per request) -> seconds of one pass, measured
 Timer = Callable[[int, int], float]
@@ -88,6 +89,7 @@ class StepCostModel:
         self.overhead: dict[int, Optional[float]] = dict.fromkeys(self.batch_sizes)
         self.steps_observed = 0
         self._seen: Counter = Counter()  # observations per learned value
+        self._warm: set[tuple[int, int]] = set()  # (batch size, budget) shapes this process has run
         self.cache: Optional[tuple[Path, dict]] = None  # (file, key) the profile came from, for save()
 
     def _cell(self, bs: int) -> int:
@@ -123,7 +125,15 @@ class StepCostModel:
         return self.verify_seconds(bs, n) + (self.draft_seconds(bs) if n > 1 else 0.0)
 
     def observe(self, bs: int, n: int, draft: float, verify: float) -> None:
-        """One step's measured draft pass (0 when skipped) and the rest of its forward."""
+        """One step's measured draft pass (0 when skipped) and the rest of its forward.
+
+        A shape's first step in this process is not learned from: it pays one-time costs (oneDNN
+        primitives and allocations for new row counts; several times a step at small batches),
+        which, learned into a cell visited rarely and kept in the cache, priced drafting out.
+        """
+        if (bs, n) not in self._warm:
+            self._warm.add((bs, n))
+            return
         cell = self._cell(bs)
         self.steps_observed += 1
         draft_prior, verify_prior = self._draft_prior(bs), self._verify_prior(bs, n)

@@ -32,8 +32,9 @@ def tree_custom_mask(tree: DraftTree, prefix_lens: torch.Tensor, total: int) -> 
 def verify_mask(
     tree: DraftTree, topk: int, prefix_lens: torch.Tensor, prefix_sum: int
 ) -> Optional[torch.Tensor]:
-    """The custom mask for a verify pass, or None where the tree is a chain (causal)."""
-    if topk == 1:
+    """The custom mask for a verify pass, or None where the tree is a chain (causal): top-K 1,
+    or the root alone (an undrafted step)."""
+    if topk == 1 or tree.num_nodes == 1:
         return None
     n = tree.num_nodes
     return tree_custom_mask(tree, prefix_lens, n * prefix_sum + n * n * tree.tokens.shape[0])

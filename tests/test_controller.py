@@ -31,7 +31,9 @@ def test_cost_model_interpolates_extrapolates_and_learns():
         costs.observe(8, 4, draft=0.0, verify=2 * (2e-3 + 1e-4 * 32))
     assert costs.verify_seconds(8, 4) == pytest.approx(2 * (2e-3 + 1e-4 * 32), rel=0.01)
     fresh = StepCostModel(compute_bound_profile(), BUDGETS)
-    fresh.observe(16, 16, draft=0.0, verify=3 * (2e-3 + 1e-4 * 256))  # no slow start: the first step counts whole
+    fresh.observe(16, 16, draft=0.0, verify=1.0)  # a shape's first step in a process (one-time costs): ignored
+    assert fresh.verify_seconds(16, 16) == pytest.approx(2e-3 + 1e-4 * 256) and fresh.steps_observed == 0
+    fresh.observe(16, 16, draft=0.0, verify=3 * (2e-3 + 1e-4 * 256))  # no slow start: the next step counts whole
     assert fresh.verify_seconds(16, 16) == pytest.approx(3 * (2e-3 + 1e-4 * 256))
     assert batch_grid(48) == [1, 2, 4, 8, 16, 32, 48]
 
@@ -92,6 +94,7 @@ def test_cost_profile_is_cached_by_key(tmp_path):
 def test_online_refinement_is_saved_and_resumed(tmp_path):
     path, key = tmp_path / "profile.json", {"model": "a"}
     costs = StepCostModel.load_or_measure(path, key, compute_bound_profile, BUDGETS)
+    costs.observe(8, 4, draft=0.0, verify=1.0)  # the shape's first step: not learned from
     for _ in range(300):  # real steps: verifying 4 nodes at batch 8 is slower; the scheduler adds 3 ms at batch 1
         costs.observe(8, 4, draft=0.0, verify=3 * (2e-3 + 1e-4 * 32))
         costs.observe_overhead(1, 3e-3)

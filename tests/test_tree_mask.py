@@ -63,6 +63,8 @@ def test_chain_needs_no_custom_mask():
     prefix_lens = [4, 9]
     chain = random_tree(prefix_lens, 7, 1, 8, seed=0)
     assert verify_mask(chain, 1, torch.tensor(prefix_lens), sum(prefix_lens)) is None
+    root_alone = random_tree(prefix_lens, 7, 4, 1, seed=0)  # an undrafted step of a K=4 server
+    assert verify_mask(root_alone, 4, torch.tensor(prefix_lens), sum(prefix_lens)) is None
     # ... because a chain's ancestor mask is the causal mask.
     for ref, prefix in zip(dense_reference(chain, prefix_lens), prefix_lens):
         causal = torch.ones(8, prefix + 8, dtype=torch.bool).tril(diagonal=prefix)
@@ -86,36 +88,39 @@ def attend_one(q_row, k_pool, v_pool, locs, allowed, scale):
     return torch.einsum("hk,khd->hd", weights, vals)
 
 
-def test_tree_attention_matches_dense_reference():
+@pytest.mark.parametrize("n", [10, 1])  # 1: the root alone (an undrafted step), attended unmasked
+def test_tree_attention_matches_dense_reference(n):
     prefix_lens, rows = [3, 0, 11], [2, 0, 1]
-    tree = random_tree(prefix_lens, 6, 3, 10, seed=3)
-    q, k_pool, v_pool, req_to_token = pool_and_queries(prefix_lens, 10, seed=3)
-    total = sum(10 * (p + 10) for p in prefix_lens)
+    tree = random_tree(prefix_lens, 6, 3, n, seed=3)
+    q, k_pool, v_pool, req_to_token = pool_and_queries(prefix_lens, n, seed=3)
+    total = sum(n * (p + n) for p in prefix_lens)
     mask = tree_custom_mask(tree, torch.tensor(prefix_lens), total)
     out = block_verify_attention(
         q, k_pool, v_pool, req_to_token, torch.tensor(rows), torch.tensor(prefix_lens),
         causal=True, scaling=0.3, custom_mask=mask,
     )
     for b, (row, prefix, ref_mask) in enumerate(zip(rows, prefix_lens, dense_reference(tree, prefix_lens))):
-        locs = req_to_token[row, : prefix + 10]
-        for i in range(10):
-            expected = attend_one(q[b * 10 + i], k_pool, v_pool, locs, ref_mask[i], 0.3)
-            torch.testing.assert_close(out[b * 10 + i], expected)
+        locs = req_to_token[row, : prefix + n]
+        for i in range(n):
+            expected = attend_one(q[b * n + i], k_pool, v_pool, locs, ref_mask[i], 0.3)
+            torch.testing.assert_close(out[b * n + i], expected)
 
 
 @pytest.mark.parametrize("causal", [True, False])
-def test_block_attention_causal_and_bidirectional(causal):
+@pytest.mark.parametrize("new", [4, 1])
+def test_block_attention_causal_and_bidirectional(causal, new):
     prefix_lens, rows = [3, 0, 5], [2, 0, 1]
-    q, k_pool, v_pool, req_to_token = pool_and_queries(prefix_lens, 4, seed=5)
+    q, k_pool, v_pool, req_to_token = pool_and_queries(prefix_lens, new, seed=5)
     out = block_verify_attention(
         q, k_pool, v_pool, req_to_token, torch.tensor(rows), torch.tensor(prefix_lens),
         causal=causal, scaling=0.3,
     )
     for b, (row, prefix) in enumerate(zip(rows, prefix_lens)):
-        locs = req_to_token[row, : prefix + 4]
-        for i in range(4):
-            allowed = torch.arange(prefix + 4) <= prefix + i if causal else torch.ones(prefix + 4, dtype=torch.bool)
-            torch.testing.assert_close(out[b * 4 + i], attend_one(q[b * 4 + i], k_pool, v_pool, locs, allowed, 0.3))
+        locs = req_to_token[row, : prefix + new]
+        for i in range(new):
+            allowed = torch.arange(prefix + new) <= prefix + i if causal else torch.ones(prefix + new, dtype=torch.bool)
+            expected = attend_one(q[b * new + i], k_pool, v_pool, locs, allowed, 0.3)
+            torch.testing.assert_close(out[b * new + i], expected)
 
 
 def test_draft_head_in_chunks_equals_one_pass(monkeypatch):
