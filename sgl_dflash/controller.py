@@ -15,11 +15,16 @@ count from every request. The decision has two stages:
    V(1) / (verify seconds of 1 node); V comes from each request's running
    curve (a running mean over its drafted steps, starting from the mean over
    all requests). Hysteresis: the state changes only when the other is
-   predicted better by ``hysteresis``. After ``explore_every`` undrafted steps
-   in a row one step drafts anyway, so the estimates stay fresh; each such
-   exploration that leaves speculation off doubles the interval (up to
-   ``explore_max``), since an exploring draft pass costs most where drafting
-   does not pay (large batches).
+   predicted better by ``hysteresis``. While it is off, one step now and
+   then drafts anyway, so the estimates stay fresh (and a mispriced cost
+   cell gets corrected: only real steps correct it). Such an exploration
+   waits for ``explore_every`` undrafted steps in a row, doubled after each
+   exploration that leaves speculation off (up to ``explore_max``), and for
+   enough undrafted time that its predicted extra cost (a draft pass and the
+   smallest tree) is at most ``explore_share`` of it: an exploring step at
+   64 requests costs ~3 undrafted ones, at one request a fraction of one.
+   Both waits are finite, so exploration never stops, however the cost
+   model prices drafting.
 2. After drafting (``use_step_confidence``): the draft pass is paid; this
    step's own trees give E_r(n) for every budget at once (a budget's tree is
    the first n nodes of the full one), and the budget maximizing V(n) over
@@ -57,6 +62,7 @@ class ControllerConfig:
     hysteresis: float = 0.05  # draft / don't draft changes only for a predicted rate this much better
     explore_every: int = 16  # undrafted steps in a row before one drafted step (0: never)
     explore_max: int = 256  # the interval doubles after each exploration that keeps speculation off
+    explore_share: float = 0.02  # exploring steps' predicted extra time, at most this share of undrafted time
     use_step_confidence: Optional[bool] = None  # stage 2; default: on for CPU, off for GPU
     profile_path: Optional[str] = None  # cost profile cache; default under ~/.cache/sgl_dflash
     profile_seconds: float = 20.0  # time the startup profile may take
@@ -80,6 +86,8 @@ class ControllerConfig:
                 f"1..{node_budget} (--speculative-num-draft-tokens) and include 1 (no speculation)."
             )
         config = cls(budgets=tuple(sorted(set(budgets))), **raw)
+        if not 0.0 < config.explore_share <= 1.0:
+            raise ValueError(f"--speculative-adaptive-config explore_share must be in (0, 1], got {config.explore_share}.")
         if config.policy not in ("rate", "cycle"):
             raise ValueError(
                 f"--speculative-adaptive-config policy must be 'rate' or 'cycle', got {config.policy!r}."
@@ -149,6 +157,7 @@ class BudgetController:
         self.curves_seen = False  # whether any drafted step has replaced the optimistic mean_curve
         self.fared: dict[str, list[float]] = {}  # rid -> running [accepted drafts, expected drafts]
         self.undrafted = 0
+        self.undrafted_seconds = 0.0  # predicted time of the undrafted steps since the last drafted one
         self.explore_interval = config.explore_every
         self.steps = 0
         self.pending: deque[StepRecord] = deque()
@@ -173,15 +182,23 @@ class BudgetController:
         elif not self.drafting and on > off * (1.0 + self.config.hysteresis):
             self.drafting = True
             self.explore_interval = self.config.explore_every
-        explore = self.config.explore_every and self.undrafted >= self.explore_interval
-        if self.drafting or explore:
-            if explore and not self.drafting:
+        if self.drafting or self._explore(bs):
+            if not self.drafting:
                 # Reset above if this exploration's estimates turn speculation back on.
                 self.explore_interval = min(2 * self.explore_interval, max(self.config.explore_max, self.config.explore_every))
-            self.undrafted = 0
+            self.undrafted, self.undrafted_seconds = 0, 0.0
             return self.budgets[-1]
         self.undrafted += 1
+        self.undrafted_seconds += self.costs.step_seconds(bs, 1)
         return 1
+
+    def _explore(self, bs: int) -> bool:
+        """Whether this undrafted stretch has been long enough, in steps and in time, to draft once."""
+        if not self.config.explore_every or self.undrafted < self.explore_interval:
+            return False
+        smallest = self.budgets[1]
+        extra = self.costs.draft_seconds(bs) + self.costs.verify_seconds(bs, smallest) - self.costs.verify_seconds(bs, 1)
+        return extra <= self.config.explore_share * self.undrafted_seconds
 
     def after_draft(self, rids: Sequence[str], curves: Optional[torch.Tensor], drafted_budget: int) -> int:
         """Stage 2: the budget to verify, from this step's own curves [bs, len(budgets)] (host)."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -151,7 +152,7 @@ def test_speculates_at_low_load_and_stops_at_high_load():
     small = run_steps(controller(), [f"a{i}" for i in range(2)], curve, 20)
     assert set(small[-10:]) == {16}
     # At 64 requests each node costs 6.4 ms more: only a plain decode step pays (with rare exploration).
-    big = run_steps(controller(), [f"b{i}" for i in range(64)], curve, 40)
+    big = run_steps(controller(explore_share=1.0), [f"b{i}" for i in range(64)], curve, 40)
     assert big[-30:].count(1) >= 28
     assert -1 in big[10:], "drafts now and then to keep its estimates fresh (and verifies the root)"
 
@@ -162,12 +163,33 @@ def test_one_optimistic_draft_then_the_measured_curves_decide():
     assert chosen[0] != 1 and all(n == 1 for n in chosen[1:15]), chosen
 
 
+def exploration_gaps(ctl: BudgetController, steps: int) -> list[int]:
+    """Undrafted steps between explorations at 64 requests, where speculation does not pay."""
+    chosen = run_steps(ctl, [f"b{i}" for i in range(64)], [1.0, 2.5, 5.0], steps)
+    explored = [i for i, n in enumerate(chosen) if n != 1 and i > 0]  # the first step may draft optimistically
+    return [b - a - 1 for a, b in zip(explored, explored[1:])]
+
+
 def test_explorations_back_off_while_speculation_stays_off():
-    curve = [1.0, 2.5, 5.0]
-    chosen = run_steps(controller(explore_max=64), [f"b{i}" for i in range(64)], curve, 300)
-    explored = [i for i, n in enumerate(chosen) if n != 1][1:]  # the first step drafts optimistically
-    gaps = [b - a - 1 for a, b in zip(explored, explored[1:])]
+    gaps = exploration_gaps(controller(explore_max=64, explore_share=1.0), 300)
     assert gaps[:3] == [32, 64, 64], f"undrafted steps between explorations: {gaps}"
+
+
+@pytest.mark.parametrize("draft_scale", [1.0, 4.0])
+def test_explorations_cost_a_bounded_share_of_time_and_never_stop(draft_scale):
+    """An exploring step at 64 requests costs ~4 undrafted ones: it waits until its extra time
+    is 2% of the undrafted time. A draft pass priced 4x too high (a mispriced cell) makes
+    exploration rarer, never impossible: only exploring steps could correct the price."""
+    profile = compute_bound_profile()
+    profile["draft"] = [draft_scale * s for s in profile["draft"]]
+    ctl = BudgetController(ControllerConfig(budgets=tuple(BUDGETS), explore_max=16), StepCostModel(profile, BUDGETS),
+                           AcceptanceCalibration(torch.device("cpu")))
+    costs = ctl.costs
+    extra = costs.draft_seconds(64) + costs.verify_seconds(64, 4) - costs.verify_seconds(64, 1)
+    want = math.ceil(extra / (0.02 * costs.verify_seconds(64, 1)))
+    assert want > 16 * draft_scale  # the time share, not the step count, is what waits here
+    gaps = exploration_gaps(ctl, 4 * want)
+    assert len(gaps) >= 2 and all(abs(g - want) <= 1 for g in gaps), (want, gaps)
 
 
 def test_failing_drafts_and_low_confidence_shrink_the_budget():
