@@ -175,7 +175,8 @@ class BudgetController:
         if len(self.budgets) == 1:  # budgets [1]: never speculate
             return 1
         bs, value = len(rids), self.value(rids, self._running_curves(rids))
-        off = float(value[0]) / self.costs.step_seconds(bs, 1)
+        undrafted_step = self.costs.step_seconds(bs, 1)
+        off = float(value[0]) / undrafted_step
         on = max(float(value[i]) / self.costs.step_seconds(bs, n) for i, n in enumerate(self.budgets) if n > 1)
         if self.drafting and off > on * (1.0 + self.config.hysteresis):
             self.drafting = False
@@ -189,7 +190,7 @@ class BudgetController:
             self.undrafted, self.undrafted_seconds = 0, 0.0
             return self.budgets[-1]
         self.undrafted += 1
-        self.undrafted_seconds += self.costs.step_seconds(bs, 1)
+        self.undrafted_seconds += undrafted_step
         return 1
 
     def _explore(self, bs: int) -> bool:
