@@ -121,6 +121,10 @@ class StepCostModel:
         learned = [b for b, s in self.overhead.items() if s is not None]
         return self.overhead[min(learned, key=lambda b: abs(b - bs) / b)] if learned else 0.0
 
+    def observed(self, bs: int, n: int) -> bool:
+        """Whether a real step has taught the verify cell of (bs, n) (in this process or the cache)."""
+        return self._seen["verify", self._cell(bs), n] > 0
+
     def step_seconds(self, bs: int, n: int) -> float:
         return self.verify_seconds(bs, n) + (self.draft_seconds(bs) if n > 1 else 0.0)
 
