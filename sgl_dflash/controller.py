@@ -11,28 +11,33 @@ count for less). Budgets are per batch: the verify pass takes the same node
 count from every request. The decision has two stages:
 
 1. Before drafting: draft or not. Not drafting (budget 1) is a plain decode
-   step. Drafting pays if some budget's V(n) / (draft + verify seconds) beats
-   V(1) / (verify seconds of 1 node) by ``margin``; V comes from each
-   request's running curve (a running mean over its drafted steps, starting
-   from the mean over all requests). The margin is there because drafting
-   loses more than its steps show: requests that speculate finish at
-   different steps, so a batch that drafts ends in a tail of small batches,
-   where plain decoding's batch stays whole (measured at 16 requests: drafting
-   at a predicted tie ran 0.75x plain). Hysteresis: drafting starts again only
+   step. Drafting pays if some budget's V(n) / (draft + verify seconds)
+   beats V(1) / (verify seconds of 1 node) by ``margin`` (from two requests
+   up); V comes from each request's running curve (a running mean over its
+   drafted steps, starting from the mean over requests' drafted steps: a
+   running mean weighed by requests, from an optimistic prior worth a few,
+   remembering ~64; with one request at a time, a mean that followed the
+   last few steps, or that a first measurement replaced, handed one poor
+   request's curve (the server's warm-up request's, at startup) to the next
+   ones, and they did not draft). The margin is there because drafting loses
+   more than its steps show: requests that speculate finish at different
+   steps, so a batch that drafts ends in a tail of small batches, where
+   plain decoding's batch stays whole (measured at 16 requests: drafting at
+   a predicted tie ran 0.75x plain). Hysteresis: drafting starts again only
    when it is predicted better by the margin and ``hysteresis`` on top.
    While drafting, a batch size whose undrafted step this process (or the
    cached profile) has never timed gets undrafted steps until it has: the
    profile prices that step on dummy requests, and while drafting stays on
-   no real step would correct it. While it is off, one step now and
-   then drafts anyway, so the estimates stay fresh (and a mispriced cost
-   cell gets corrected: only real steps correct it). Such an exploration
-   waits for ``explore_every`` undrafted steps in a row, doubled after each
+   no real step would correct it. While it is off, one step now and then
+   drafts anyway, so the estimates stay fresh (and a mispriced cost cell
+   gets corrected: only real steps correct it). Such an exploration waits
+   for ``explore_every`` undrafted steps in a row, doubled after each
    exploration that leaves speculation off (up to ``explore_max``), and for
    enough undrafted time that its predicted extra cost (a draft pass and the
    smallest tree) is at most ``explore_share`` of it: an exploring step at
    64 requests costs ~3 undrafted ones, at one request a fraction of one.
-   Both waits are finite, so exploration never stops, however the cost
-   model prices drafting.
+   Both waits are finite, so exploration never stops, however the cost model
+   prices drafting.
 2. After drafting (``use_step_confidence``): the draft pass is paid; this
    step's own trees give E_r(n) for every budget at once (a budget's tree is
    the first n nodes of the full one), and the budget maximizing V(n) over
@@ -60,6 +65,12 @@ from sgl_dflash.cost_model import StepCostModel
 from sgl_dflash.value_model import AcceptanceCalibration
 
 logger = logging.getLogger(__name__)
+
+CURVE_RATE = 0.3  # a request's running curve: its last few drafted steps
+# The mean curve new requests start from is a running mean over requests' drafted steps, starting
+# from an optimistic prior worth MEAN_PRIOR of them and remembering about MEAN_MEMORY.
+MEAN_PRIOR = 4.0
+MEAN_MEMORY = 64.0
 
 
 @dataclass(frozen=True)
@@ -163,9 +174,9 @@ class BudgetController:
         self.calibration = calibration
         self.drafting = True
         self.curves: dict[str, torch.Tensor] = {}  # rid -> running expected-commit curve (host)
-        # Optimistic until the first drafted step says otherwise: speculation gets tried first.
+        # Optimistic (every node accepted) until drafted steps say otherwise: speculation gets tried first.
         self.mean_curve = torch.tensor([float(n) for n in self.budgets])
-        self.curves_seen = False  # whether any drafted step has replaced the optimistic mean_curve
+        self.mean_weight = MEAN_PRIOR  # request-steps the mean curve stands for
         self.fared: dict[str, list[float]] = {}  # rid -> running [accepted drafts, expected drafts]
         self.undrafted = 0
         self.undrafted_seconds = 0.0  # predicted time of the undrafted steps since the last drafted one
@@ -190,7 +201,8 @@ class BudgetController:
             return 1  # a probe: time the undrafted step at this batch size before comparing with it
         value = self.value(rids, self._running_curves(rids))
         undrafted_step = self.costs.step_seconds(bs, 1)
-        off = float(value[0]) / undrafted_step * (1.0 + self.config.margin)
+        margin = self.config.margin if bs > 1 else 0.0  # one request cannot fall out of step
+        off = float(value[0]) / undrafted_step * (1.0 + margin)
         on = max(float(value[i]) / self.costs.step_seconds(bs, n) for i, n in enumerate(self.budgets) if n > 1)
         if self.drafting and on < off:
             self.drafting = False
@@ -277,14 +289,16 @@ class BudgetController:
             expected = [0.0] * len(step.rids)
             if step.curves is not None:
                 self.calibration.fold(step.counts)
-                # A first measurement replaces a prior rather than blending with it: blended with
+                # A request's first measurement replaces the mean it started from: blended with
                 # the optimistic start, a batch of new requests kept drafting for ~6 steps.
                 for rid, curve in zip(step.rids, step.curves):
                     old = self.curves.get(rid)
-                    self.curves[rid] = curve if old is None else old + 0.3 * (curve - old)
-                mean = step.curves.mean(dim=0)
-                self.mean_curve = self.mean_curve + 0.3 * (mean - self.mean_curve) if self.curves_seen else mean
-                self.curves_seen = True
+                    self.curves[rid] = curve if old is None else old + CURVE_RATE * (curve - old)
+                # The mean is weighed by requests: one step of 64 settles it; the server's warm-up
+                # request alone (a poor draft: [1.0, 1.07, 1.22, ...]) does not.
+                bs = len(step.rids)
+                self.mean_curve = self.mean_curve + bs / (self.mean_weight + bs) * (step.curves.mean(dim=0) - self.mean_curve)
+                self.mean_weight = min(self.mean_weight + bs, MEAN_MEMORY)
                 expected = (step.curves[:, column] - 1.0).tolist()
             self.awaiting_accepts.append((step.rids, step.budget, expected))
             draft, verify = step.seconds()

@@ -186,6 +186,28 @@ def test_probes_price_the_undrafted_step_that_drafting_would_never_correct():
     assert primed.before_draft([f"p{i}" for i in range(bs)]) == 16
 
 
+def test_one_poor_request_does_not_set_the_start_of_the_next():
+    """One request at a time: the mean curve a new request starts from is weighed by requests,
+    so neither the server's warm-up request nor, after many good requests, a poor one's few
+    drafted steps stop the next request from drafting."""
+    ctl = controller(explore_every=0)
+    for _ in range(2):  # the undrafted step at batch 1 is timed (the first of a shape is not learned from)
+        ctl.after_step(StepRecord(["w"], 1, 0.0, 0.0, None, None, (0.0, ctl.costs._verify_prior(1, 1))))
+
+    def drafted(rid: str, curve: list[float]) -> None:
+        ctl.after_step(StepRecord([rid], 16, 0.0, 0.0, torch.tensor([curve]), torch.zeros(2, NUM_BUCKETS), (1e-3, 4e-3)))
+        ctl.on_accepted([0])
+
+    drafted("warm-up", [1.0, 1.07, 1.2])  # the server's warm-up request, the first drafted step
+    assert ctl.before_draft(["first"]) == 16  # one request's poor curve does not stop the next
+    for i in range(50):
+        drafted(f"good{i // 10}", [1.0, 3.0, 6.0])
+    for _ in range(5):
+        drafted("poor", [1.0, 1.0, 1.0])
+    assert ctl.before_draft(["poor"]) == 1  # its own curve: drafting does not pay for it
+    assert ctl.before_draft(["next"]) == 16  # the mean over many requests' steps: it does
+
+
 def exploration_gaps(ctl: BudgetController, steps: int) -> list[int]:
     """Undrafted steps between explorations at 64 requests, where speculation does not pay."""
     chosen = run_steps(ctl, [f"b{i}" for i in range(64)], [1.0, 2.5, 5.0], steps)
