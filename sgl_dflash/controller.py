@@ -78,7 +78,7 @@ class ControllerConfig:
     """Knobs of ``--speculative-adaptive-config`` (a JSON file), all optional."""
 
     budgets: tuple[int, ...] = ()  # candidate node budgets; default: 1 and powers of two up to N
-    margin: float = 0.05  # drafting must be predicted this much faster than plain decoding
+    margin: float = 0.05  # from two requests up, drafting must be predicted this much faster than plain decoding
     hysteresis: float = 0.05  # ... and this much more to start again once off
     explore_every: int = 16  # undrafted steps in a row before one drafted step (0: never)
     explore_max: int = 256  # the interval doubles after each exploration that keeps speculation off

@@ -126,9 +126,11 @@ def test_value_model_prices_every_budget_from_one_tree():
     assert calibration.table.shape == (NUM_BUCKETS,)
 
 
-def controller(**knobs) -> BudgetController:
+def controller(profile: dict | None = None, **knobs) -> BudgetController:
+    """A controller over BUDGETS whose cost model starts from `profile` (default: compute-bound)."""
     config = ControllerConfig(budgets=tuple(BUDGETS), **knobs)
-    return BudgetController(config, StepCostModel(compute_bound_profile(), BUDGETS), AcceptanceCalibration(torch.device("cpu")))
+    costs = StepCostModel(profile or compute_bound_profile(), BUDGETS)
+    return BudgetController(config, costs, AcceptanceCalibration(torch.device("cpu")))
 
 
 def run_steps(
@@ -172,16 +174,14 @@ def test_probes_price_the_undrafted_step_that_drafting_would_never_correct():
     truth = StepCostModel(compute_bound_profile(), BUDGETS)
     wrong = compute_bound_profile()
     wrong["verify"]["1"] = [1.6 * s for s in wrong["verify"]["1"]]
-    ctl = BudgetController(ControllerConfig(budgets=tuple(BUDGETS)), StepCostModel(wrong, BUDGETS),
-                           AcceptanceCalibration(torch.device("cpu")))
+    ctl = controller(wrong)
     bs = 16
     tokens = 0.8 * truth.step_seconds(bs, 16) / truth.step_seconds(bs, 1)  # per request at 16 nodes
     assert tokens / ctl.costs.step_seconds(bs, 16) > 1.25 / ctl.costs.step_seconds(bs, 1)
     chosen = run_steps(ctl, [f"p{i}" for i in range(bs)], [1.0, 1.0, tokens], 30, truth)
     assert chosen[:2] == [1, 1] and chosen[2:].count(1) >= 27, chosen
     # A cell the cache has learned is not probed: the first step drafts.
-    primed = BudgetController(ControllerConfig(budgets=tuple(BUDGETS)), StepCostModel(wrong, BUDGETS),
-                              AcceptanceCalibration(torch.device("cpu")))
+    primed = controller(wrong)
     primed.costs.load_online_state({"verify_correction": {"16/1": 1 / 1.6}})
     assert primed.before_draft([f"p{i}" for i in range(bs)]) == 16
 
@@ -227,8 +227,7 @@ def test_explorations_cost_a_bounded_share_of_time_and_never_stop(draft_scale):
     exploration rarer, never impossible: only exploring steps could correct the price."""
     profile = compute_bound_profile()
     profile["draft"] = [draft_scale * s for s in profile["draft"]]
-    ctl = BudgetController(ControllerConfig(budgets=tuple(BUDGETS), explore_max=16), StepCostModel(profile, BUDGETS),
-                           AcceptanceCalibration(torch.device("cpu")))
+    ctl = controller(profile, explore_max=16)
     costs = ctl.costs
     extra = costs.draft_seconds(64) + costs.verify_seconds(64, 4) - costs.verify_seconds(64, 1)
     want = math.ceil(extra / (0.02 * costs.verify_seconds(64, 1)))
