@@ -2,7 +2,7 @@
 
 The value of a budget n for the batch is
 
-    V(n) = sum over requests of (1 + f_r * (E_r(n) - 1))
+    V(n) = sum over requests of e_r(n),   e_r(n) = 1 + f_r * (E_r(n) - 1)
 
 with E_r the request's expected commits for a tree of n nodes (value_model)
 and f_r how its drafts have really fared against such predictions (a running
@@ -23,8 +23,20 @@ count from every request. The decision has two stages:
    more than its steps show: requests that speculate finish at different
    steps, so a batch that drafts ends in a tail of small batches, where
    plain decoding's batch stays whole (measured at 16 requests: drafting at
-   a predicted tie ran 0.75x plain). Hysteresis: drafting starts again only
-   when it is predicted better by the margin and ``hysteresis`` on top.
+   a predicted tie ran 0.75x plain). A budget also must not slow the batch's
+   slowest request (its fewest expected commits per second) by more than
+   ``slowest_loss``: a burst of requests ends when its last one does, and
+   the requests a drafter serves worst are those that last (measured at 8
+   requests: drafting steps cost 3.3 plain ones, the batch's mean commits
+   3.9 tokens a step, its five slowest 2.5, and the batch ran 0.77x plain).
+   Requests not drafted yet count as the slowest of as many finished
+   requests: with the mean instead, every burst's first step drafted (at 16
+   requests: one step costing three plain ones). (Not the first curves of
+   requests before them: those are poorer than a request's later steps, and
+   at two requests a pair of new requests then never drafted, so never
+   became known.)
+   Hysteresis: drafting starts again only when it is predicted better by the
+   margin and ``hysteresis`` on top.
    While drafting, a batch size whose undrafted step this process (or the
    cached profile) has never timed gets undrafted steps until it has: the
    profile prices that step on dummy requests, and while drafting stays on
@@ -71,6 +83,10 @@ CURVE_RATE = 0.3  # a request's running curve: its last few drafted steps
 # from an optimistic prior worth MEAN_PRIOR of them and remembering about MEAN_MEMORY.
 MEAN_PRIOR = 4.0
 MEAN_MEMORY = 64.0
+# The slowest of k new requests is priced as the 1/(k+1) quantile of the last FINISHED_KEPT
+# finished requests' curves, once there are FINISHED_NEEDED of them.
+FINISHED_KEPT = 64
+FINISHED_NEEDED = 4
 
 
 @dataclass(frozen=True)
@@ -79,6 +95,7 @@ class ControllerConfig:
 
     budgets: tuple[int, ...] = ()  # candidate node budgets; default: 1 and powers of two up to N
     margin: float = 0.05  # from two requests up, drafting must be predicted this much faster than plain decoding
+    slowest_loss: float = 0.05  # ... and must not slow the batch's slowest request by more than this (1: no guard)
     hysteresis: float = 0.05  # ... and this much more to start again once off
     explore_every: int = 16  # undrafted steps in a row before one drafted step (0: never)
     explore_max: int = 256  # the interval doubles after each exploration that keeps speculation off
@@ -108,6 +125,8 @@ class ControllerConfig:
         config = cls(budgets=tuple(sorted(set(budgets))), **raw)
         if config.margin < 0.0 or config.hysteresis < 0.0:
             raise ValueError("--speculative-adaptive-config margin and hysteresis must be >= 0.")
+        if not 0.0 <= config.slowest_loss <= 1.0:
+            raise ValueError(f"--speculative-adaptive-config slowest_loss must be in [0, 1], got {config.slowest_loss}.")
         if not 0.0 < config.explore_share <= 1.0:
             raise ValueError(f"--speculative-adaptive-config explore_share must be in (0, 1], got {config.explore_share}.")
         if config.policy not in ("rate", "cycle"):
@@ -177,6 +196,7 @@ class BudgetController:
         # Optimistic (every node accepted) until drafted steps say otherwise: speculation gets tried first.
         self.mean_curve = torch.tensor([float(n) for n in self.budgets])
         self.mean_weight = MEAN_PRIOR  # request-steps the mean curve stands for
+        self.finished_curves: deque[torch.Tensor] = deque(maxlen=FINISHED_KEPT)  # finished requests' last curves
         self.fared: dict[str, list[float]] = {}  # rid -> running [accepted drafts, expected drafts]
         self.undrafted = 0
         self.undrafted_seconds = 0.0  # predicted time of the undrafted steps since the last drafted one
@@ -199,11 +219,12 @@ class BudgetController:
         bs = len(rids)
         if self.drafting and not self.costs.observed(bs, 1):
             return 1  # a probe: time the undrafted step at this batch size before comparing with it
-        value = self.value(rids, self._running_curves(rids))
-        undrafted_step = self.costs.step_seconds(bs, 1)
+        commits = self.commits(rids, self._running_curves(rids))
+        seconds = [self.costs.step_seconds(bs, n) for n in self.budgets]
         margin = self.config.margin if bs > 1 else 0.0  # one request cannot fall out of step
-        off = float(value[0]) / undrafted_step * (1.0 + margin)
-        on = max(float(value[i]) / self.costs.step_seconds(bs, n) for i, n in enumerate(self.budgets) if n > 1)
+        rates = self._rates(commits.sum(dim=0), self._slowest(rids, commits), seconds)
+        off = rates[0] * (1.0 + margin)
+        on = max(rates[1:])
         if self.drafting and on < off:
             self.drafting = False
         elif not self.drafting and on > off * (1.0 + self.config.hysteresis):
@@ -216,7 +237,7 @@ class BudgetController:
             self.undrafted, self.undrafted_seconds = 0, 0.0
             return self.budgets[-1]
         self.undrafted += 1
-        self.undrafted_seconds += undrafted_step
+        self.undrafted_seconds += seconds[0]
         return 1
 
     def _explore(self, bs: int) -> bool:
@@ -231,20 +252,44 @@ class BudgetController:
         """Stage 2: the budget to verify, from this step's own curves [bs, len(budgets)] (host)."""
         if self.config.policy == "cycle" or curves is None:
             return drafted_budget
-        bs, value = len(rids), self.value(rids, curves)
-        rates = [float(value[i]) / self.costs.verify_seconds(bs, n) for i, n in enumerate(self.budgets)]
+        commits = self.commits(rids, curves)
+        seconds = [self.costs.verify_seconds(len(rids), n) for n in self.budgets]
+        rates = self._rates(commits.sum(dim=0), commits.min(dim=0).values, seconds)
         return self.budgets[max(range(len(rates)), key=rates.__getitem__)]
+
+    def _slowest(self, rids: Sequence[str], commits: torch.Tensor) -> torch.Tensor:
+        """[len(budgets)]: the batch's slowest request's expected commits per budget. Requests not
+        drafted yet count as the slowest of as many finished ones: the 1/(k+1) quantile of their
+        curves for k new ones (the mean would let every burst's first step draft)."""
+        slowest = commits.min(dim=0).values
+        new = sum(rid not in self.curves for rid in rids)
+        if new and len(rids) > 1 and len(self.finished_curves) >= FINISHED_NEEDED:  # one request has no tail
+            seen = torch.stack(list(self.finished_curves)).double()
+            slowest = torch.minimum(slowest, seen.quantile(1.0 / (new + 1), dim=0))
+        return slowest
+
+    def _rates(self, value: torch.Tensor, slowest: torch.Tensor, seconds: Sequence[float]) -> list[float]:
+        """Expected committed tokens per second of each budget, from the batch's expected commits
+        and its slowest request's ([len(budgets)] each) and the step's seconds per budget; 0 for a
+        budget that slows the slowest request by more than ``slowest_loss`` (the batch's
+        throughput counts, but so does its last request)."""
+        floor = (1.0 - self.config.slowest_loss) * float(slowest[0]) / seconds[0]
+        return [
+            float(value[i]) / seconds[i] if i == 0 or float(slowest[i]) / seconds[i] >= floor else 0.0
+            for i in range(len(self.budgets))
+        ]
 
     def prediction(self, rids: Sequence[str], curves: Optional[torch.Tensor], budget: int) -> tuple[float, float]:
         """(expected committed tokens, predicted step seconds) of the chosen budget, for the log."""
         curves = self._running_curves(rids) if curves is None else curves
-        return float(self.value(rids, curves)[self.budgets.index(budget)]), self.costs.step_seconds(len(rids), budget)
+        value = self.commits(rids, curves).sum(dim=0)
+        return float(value[self.budgets.index(budget)]), self.costs.step_seconds(len(rids), budget)
 
-    def value(self, rids: Sequence[str], curves: torch.Tensor) -> torch.Tensor:
-        """[len(budgets)]: the batch's expected committed tokens per budget, from curves [bs, len(budgets)]."""
+    def commits(self, rids: Sequence[str], curves: torch.Tensor) -> torch.Tensor:
+        """[bs, len(budgets)]: each request's expected committed tokens per budget, from curves of the same shape."""
         fared = torch.tensor([self.fared.get(rid, (1.0, 1.0)) for rid in rids], dtype=torch.float64)
         trust = ((fared[:, 0] + 0.1) / (fared[:, 1] + 0.1)).clamp(max=2.0)  # accepted / expected drafts
-        return (1.0 + trust[:, None] * (curves.double() - 1.0)).sum(dim=0)
+        return 1.0 + trust[:, None] * (curves.double() - 1.0)
 
     def _running_curves(self, rids: Sequence[str]) -> torch.Tensor:
         return torch.stack([self.curves.get(rid, self.mean_curve) for rid in rids])
@@ -279,7 +324,9 @@ class BudgetController:
 
     def forget(self, rid: str) -> None:
         """A finished request's history is not needed any more."""
-        self.curves.pop(rid, None)
+        curve = self.curves.pop(rid, None)
+        if curve is not None:
+            self.finished_curves.append(curve)
         self.fared.pop(rid, None)
 
     def _fold_arrived(self) -> None:

@@ -134,20 +134,25 @@ def controller(profile: dict | None = None, **knobs) -> BudgetController:
 
 
 def run_steps(
-    ctl: BudgetController, rids: list[str], curve: list[float], steps: int, truth: StepCostModel | None = None
+    ctl: BudgetController,
+    rids: list[str],
+    curve: list[float] | list[list[float]],
+    steps: int,
+    truth: StepCostModel | None = None,
 ) -> list[int]:
-    """Steps where every request's trees promise `curve` and the drafts really deliver it, on a
-    machine as fast as profiled (or as `truth` prices it). Returns the verified budget per step,
-    negative when the step drafted but verified the root."""
+    """Steps where every request's trees promise `curve` (or each its own) and the drafts really
+    deliver it, on a machine as fast as profiled (or as `truth` prices it). Returns the verified
+    budget per step, negative when the step drafted but verified the root."""
     chosen, bs, costs = [], len(rids), truth or ctl.costs
+    table = torch.tensor(curve if isinstance(curve[0], list) else [curve] * bs)
     for _ in range(steps):
         budget = ctl.before_draft(rids)
-        curves = torch.tensor([curve] * bs) if budget > 1 else None
+        curves = table if budget > 1 else None
         budget = ctl.after_draft(rids, curves, budget)
         chosen.append(-1 if curves is not None and budget == 1 else budget)
         timing = (costs._draft_prior(bs) if curves is not None else 0.0, costs._verify_prior(bs, budget))
         ctl.after_step(StepRecord(rids, budget, 0.0, 0.0, curves, None if curves is None else torch.zeros(2, NUM_BUCKETS), timing))
-        ctl.on_accepted([round(curve[BUDGETS.index(budget)]) - 1] * len(rids))
+        ctl.on_accepted([round(float(e)) - 1 for e in table[:, BUDGETS.index(budget)]])
     return chosen
 
 
@@ -245,7 +250,32 @@ def test_failing_drafts_and_low_confidence_shrink_the_budget():
     for _ in range(20):
         ctl.after_step(StepRecord(rids, 4, 0.0, 0.0, torch.tensor([[1.0, 3.0, 4.0]] * 2), torch.zeros(2, NUM_BUCKETS), (1e-3, 1e-3)))
         ctl.on_accepted([0, 0])
-    assert ctl.value(rids, torch.tensor([[1.0, 3.0, 4.0]] * 2))[1] < 2.5
+    assert ctl.commits(rids, torch.tensor([[1.0, 3.0, 4.0]] * 2))[:, 1].sum() < 2.5
+
+
+@pytest.mark.parametrize("slowest_loss, drafts", [(0.05, False), (1.0, True)])
+def test_a_budget_must_not_slow_the_slowest_request(slowest_loss, drafts):
+    """Three requests the drafter serves well and one it does not: verifying 4 nodes would speed
+    the batch 1.7x but slow its poor request 30%, so the guard keeps speculation off (1.0: no guard)."""
+    curves = [[1.0, 3.0, 5.0]] * 3 + [[1.0, 1.05, 1.1]]
+    chosen = run_steps(controller(slowest_loss=slowest_loss, explore_every=0), ["a", "b", "c", "poor"], curves, 12)
+    assert set(chosen[-6:]) == ({4} if drafts else {1})
+
+
+@pytest.mark.parametrize("batch, drafts", [(["n0", "n1", "n2", "n3"], False), (["s0", "s1", "n0", "n1"], True)])
+def test_new_requests_count_as_the_slowest_of_as_many_finished(batch, drafts):
+    """After six finished requests of which two drafted poorly, four new ones are priced by their
+    likely slowest (the 1/5 quantile of finished curves: poor) and do not draft, though their mean
+    would pay; two new ones beside two known good ones are priced by the 1/3 quantile (fair)."""
+    ctl = controller(explore_every=0)
+    good, poor = [1.0, 3.0, 5.0], [1.0, 1.05, 1.1]
+    seen = [f"s{i}" for i in range(8)]
+    ctl.after_step(StepRecord(seen, 16, 0.0, 0.0, torch.tensor([good] * 6 + [poor] * 2), torch.zeros(2, NUM_BUCKETS), (1e-3, 1e-3)))
+    ctl.on_accepted([4] * 6 + [0] * 2)
+    for rid in seen[2:]:
+        ctl.forget(rid)
+    chosen = run_steps(ctl, batch, good, 10)
+    assert set(chosen[-6:]) == ({4} if drafts else {1})
 
 
 def test_budgets_one_never_drafts():
@@ -291,5 +321,7 @@ def test_config_validation():
         ControllerConfig.from_json('{"budgets": [1, 32]}', 16)
     with pytest.raises(ValueError, match="margin"):
         ControllerConfig.from_json('{"margin": -0.1}', 16)
+    with pytest.raises(ValueError, match="slowest_loss"):
+        ControllerConfig.from_json('{"slowest_loss": 1.5}', 16)
     with pytest.raises(ValueError, match="policy"):
         ControllerConfig.from_json('{"policy": "random"}', 16)
