@@ -32,9 +32,8 @@ count from every request. The decision has two stages:
    Requests not drafted yet count as the slowest of as many finished
    requests: with the mean instead, every burst's first step drafted (at 16
    requests: one step costing three plain ones). (Not the first curves of
-   requests before them: those are poorer than a request's later steps, and
-   at two requests a pair of new requests then never drafted, so never
-   became known.)
+   requests before them: priced from those, new requests at two requests
+   never drafted, so they never became known.)
    Hysteresis: drafting starts again only when it is predicted better by the
    margin and ``hysteresis`` on top.
    While drafting, a batch size whose undrafted step this process (or the
