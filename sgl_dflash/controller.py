@@ -29,11 +29,16 @@ count from every request. The decision has two stages:
    the requests a drafter serves worst are those that last (measured at 8
    requests: drafting steps cost 3.3 plain ones, the batch's mean commits
    3.9 tokens a step, its five slowest 2.5, and the batch ran 0.77x plain).
-   Requests not drafted yet count as the slowest of as many finished
-   requests: with the mean instead, every burst's first step drafted (at 16
-   requests: one step costing three plain ones). (Not the first curves of
-   requests before them: priced from those, new requests at two requests
-   never drafted, so they never became known.)
+   k requests not drafted yet count as the expected slowest of k requests
+   drawn from the last finished ones (their expected commits as the
+   controller valued them when they finished, trust applied): with the mean
+   of all requests instead, every burst's first step drafted (at 16
+   requests: one step costing three plain ones). The exact expected minimum
+   replaced a 1/(k+1) quantile, which prices one new request at the
+   finished requests' median, below their mean when a few requests draft
+   very well and many poorly. (Not the first curves of requests before
+   them: priced from those, new requests at two requests never drafted, so
+   they never became known.)
    Hysteresis: drafting starts again only when it is predicted better by the
    margin and ``hysteresis`` on top.
    While drafting, a batch size whose undrafted step this process (or the
@@ -82,8 +87,8 @@ CURVE_RATE = 0.3  # a request's running curve: its last few drafted steps
 # from an optimistic prior worth MEAN_PRIOR of them and remembering about MEAN_MEMORY.
 MEAN_PRIOR = 4.0
 MEAN_MEMORY = 64.0
-# The slowest of k new requests is priced as the 1/(k+1) quantile of the last FINISHED_KEPT
-# finished requests' curves, once there are FINISHED_NEEDED of them.
+# The slowest of k new requests is priced from the last FINISHED_KEPT finished requests' expected
+# commits, once there are FINISHED_NEEDED of them.
 FINISHED_KEPT = 64
 FINISHED_NEEDED = 4
 
@@ -133,6 +138,15 @@ class ControllerConfig:
                 f"--speculative-adaptive-config policy must be 'rate' or 'cycle', got {config.policy!r}."
             )
         return config
+
+
+def expected_min(samples: torch.Tensor, k: int) -> torch.Tensor:
+    """[cols]: the expected minimum of k draws (with replacement) from each column of samples
+    [m, cols]; the mean for k = 1. The sorted i-th of m (from 0) is the minimum with probability
+    ((m - i) / m)^k - ((m - i - 1) / m)^k."""
+    m = samples.shape[0]
+    survive = ((m - torch.arange(m + 1, dtype=torch.float64)) / m) ** k  # P(min >= i-th smallest)
+    return ((survive[:-1] - survive[1:])[:, None] * samples.double().sort(dim=0).values).sum(dim=0)
 
 
 def default_budgets(node_budget: int) -> tuple[int, ...]:
@@ -195,7 +209,7 @@ class BudgetController:
         # Optimistic (every node accepted) until drafted steps say otherwise: speculation gets tried first.
         self.mean_curve = torch.tensor([float(n) for n in self.budgets])
         self.mean_weight = MEAN_PRIOR  # request-steps the mean curve stands for
-        self.finished_curves: deque[torch.Tensor] = deque(maxlen=FINISHED_KEPT)  # finished requests' last curves
+        self.finished: deque[torch.Tensor] = deque(maxlen=FINISHED_KEPT)  # finished requests' last expected commits
         self.fared: dict[str, list[float]] = {}  # rid -> running [accepted drafts, expected drafts]
         self.undrafted = 0
         self.undrafted_seconds = 0.0  # predicted time of the undrafted steps since the last drafted one
@@ -257,14 +271,13 @@ class BudgetController:
         return self.budgets[max(range(len(rates)), key=rates.__getitem__)]
 
     def _slowest(self, rids: Sequence[str], commits: torch.Tensor) -> torch.Tensor:
-        """[len(budgets)]: the batch's slowest request's expected commits per budget. Requests not
-        drafted yet count as the slowest of as many finished ones: the 1/(k+1) quantile of their
-        curves for k new ones (the mean would let every burst's first step draft)."""
+        """[len(budgets)]: the batch's slowest request's expected commits per budget. k requests not
+        drafted yet count as the expected slowest of k drawn from the finished ones (the mean of
+        all requests would let every burst's first step draft)."""
         slowest = commits.min(dim=0).values
         new = sum(rid not in self.curves for rid in rids)
-        if new and len(rids) > 1 and len(self.finished_curves) >= FINISHED_NEEDED:  # one request has no tail
-            seen = torch.stack(list(self.finished_curves)).double()
-            slowest = torch.minimum(slowest, seen.quantile(1.0 / (new + 1), dim=0))
+        if new and len(rids) > 1 and len(self.finished) >= FINISHED_NEEDED:  # one request has no tail
+            slowest = torch.minimum(slowest, expected_min(torch.stack(list(self.finished)), new))
         return slowest
 
     def _rates(self, value: torch.Tensor, slowest: torch.Tensor, seconds: Sequence[float]) -> list[float]:
@@ -324,8 +337,8 @@ class BudgetController:
     def forget(self, rid: str) -> None:
         """A finished request's history is not needed any more."""
         curve = self.curves.pop(rid, None)
-        if curve is not None:
-            self.finished_curves.append(curve)
+        if curve is not None:  # valued as a known request is (its trust applied)
+            self.finished.append(self.commits([rid], curve[None])[0])
         self.fared.pop(rid, None)
 
     def _fold_arrived(self) -> None:

@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from sgl_dflash.controller import BudgetController, ControllerConfig, StepRecord, default_budgets
+from sgl_dflash.controller import BudgetController, ControllerConfig, StepRecord, default_budgets, expected_min
 from sgl_dflash.cost_model import StepCostModel, batch_grid
 from sgl_dflash.value_model import NUM_BUCKETS, AcceptanceCalibration, score_buckets
 
@@ -262,17 +262,28 @@ def test_a_budget_must_not_slow_the_slowest_request(slowest_loss, drafts):
     assert set(chosen[-6:]) == ({4} if drafts else {1})
 
 
-@pytest.mark.parametrize("batch, drafts", [(["n0", "n1", "n2", "n3"], False), (["s0", "s1", "n0", "n1"], True)])
+@pytest.mark.parametrize("k", [1, 2, 3, 5])
+def test_expected_min_matches_enumerating_every_draw(k):
+    samples = torch.tensor([[1.0, 2.0], [4.0, 1.5], [2.5, 3.0], [1.2, 1.2]])
+    m = samples.shape[0]
+    draws = torch.cartesian_prod(*[torch.arange(m)] * k).reshape(-1, k) if k > 1 else torch.arange(m)[:, None]
+    brute = samples[draws].min(dim=1).values.double().mean(dim=0)  # [cols], every draw equally likely
+    assert torch.allclose(expected_min(samples, k), brute)
+    assert torch.allclose(expected_min(samples, 1), samples.double().mean(dim=0))
+
+
+@pytest.mark.parametrize("batch, drafts", [(["n0", "n1", "n2", "n3"], False), (["s0", "n0"], True)])
 def test_new_requests_count_as_the_slowest_of_as_many_finished(batch, drafts):
-    """After six finished requests of which two drafted poorly, four new ones are priced by their
-    likely slowest (the 1/5 quantile of finished curves: poor) and do not draft, though their mean
-    would pay; two new ones beside two known good ones are priced by the 1/3 quantile (fair)."""
+    """Five finished requests, three drafted poorly and two very well: four new ones are priced by
+    their expected slowest (poor: all four good has probability (2/5)^4 = 0.03) and do not draft,
+    though their mean would pay; one new one beside a known good one is priced by the finished
+    requests' mean (their median, a poor one, would keep it from drafting)."""
     ctl = controller(explore_every=0)
-    good, poor = [1.0, 3.0, 5.0], [1.0, 1.05, 1.1]
-    seen = [f"s{i}" for i in range(8)]
-    ctl.after_step(StepRecord(seen, 16, 0.0, 0.0, torch.tensor([good] * 6 + [poor] * 2), torch.zeros(2, NUM_BUCKETS), (1e-3, 1e-3)))
-    ctl.on_accepted([4] * 6 + [0] * 2)
-    for rid in seen[2:]:
+    good, great, poor = [1.0, 3.0, 5.0], [1.0, 4.0, 8.0], [1.0, 1.05, 1.1]
+    seen = [f"s{i}" for i in range(6)]
+    ctl.after_step(StepRecord(seen, 16, 0.0, 0.0, torch.tensor([good] + [great] * 2 + [poor] * 3), torch.zeros(2, NUM_BUCKETS), (1e-3, 1e-3)))
+    ctl.on_accepted([4] + [7] * 2 + [0] * 3)
+    for rid in seen[1:]:
         ctl.forget(rid)
     chosen = run_steps(ctl, batch, good, 10)
     assert set(chosen[-6:]) == ({4} if drafts else {1})
