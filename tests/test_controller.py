@@ -268,8 +268,7 @@ def test_expected_min_matches_enumerating_every_draw(k):
     m = samples.shape[0]
     draws = torch.cartesian_prod(*[torch.arange(m)] * k).reshape(-1, k) if k > 1 else torch.arange(m)[:, None]
     brute = samples[draws].min(dim=1).values.double().mean(dim=0)  # [cols], every draw equally likely
-    assert torch.allclose(expected_min(samples, k), brute)
-    assert torch.allclose(expected_min(samples, 1), samples.double().mean(dim=0))
+    assert torch.allclose(expected_min(samples, k), brute)  # for k = 1: the mean
 
 
 @pytest.mark.parametrize("batch, drafts", [(["n0", "n1", "n2", "n3"], False), (["s0", "n0"], True)])
