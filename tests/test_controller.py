@@ -266,7 +266,7 @@ def test_a_budget_must_not_slow_the_slowest_request(slowest_loss, drafts):
 def test_expected_min_matches_enumerating_every_draw(k):
     samples = torch.tensor([[1.0, 2.0], [4.0, 1.5], [2.5, 3.0], [1.2, 1.2]])
     m = samples.shape[0]
-    draws = torch.cartesian_prod(*[torch.arange(m)] * k).reshape(-1, k) if k > 1 else torch.arange(m)[:, None]
+    draws = torch.cartesian_prod(*[torch.arange(m)] * k).reshape(-1, k)  # every ordered draw
     brute = samples[draws].min(dim=1).values.double().mean(dim=0)  # [cols], every draw equally likely
     assert torch.allclose(expected_min(samples, k), brute)  # for k = 1: the mean
 
