@@ -17,6 +17,9 @@ to built-in DFLASH (measured side by side in the same run), accept length
 p99), and whether every output equals plain decoding's (greedy). With
 --step-timing, SGL_DFLASH servers run with SGL_DFLASH_STEP_TIMING=1 and the
 report adds their draft / verify / other ms per step, parsed from the log.
+With an adaptive mode (server args with --speculative-adaptive) the report
+judges its goals (bench/goals.py): a second plain mode (e.g. `plain again`)
+is a control server whose gap to the first measures the run's noise band.
 Writes bench/results/serving-DEVICE-PAIR-DATE.md and .png.
 
     python bench/compare.py                                # the inflated twin pair (made into .cache/ once)
@@ -50,6 +53,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from unittest import mock
 
+from goals import goal_lines, judge, noise_band
 from transformers import AutoTokenizer
 
 from sgl_dflash.draft_checkpoint import validate_draft
@@ -250,9 +254,22 @@ def report(args: argparse.Namespace, pair: str, modes: list[Mode], runs: dict, c
         for m in modes:
             cells = [f"{statistics.median(r.result[k] for r in runs[m.label, c]):.1f}" for k in LATENCY]
             lines.append(f"| {c} | {m.label} | " + " | ".join(cells) + " |")
+    adaptive = next((m for m in modes if "--speculative-adaptive" in m.extra), None)
+    if plain and adaptive:
+        lines += ["", *goals_section(args, modes, med, plain, adaptive)]
     if args.step_timing:
         lines += ["", *step_timing_table(args, modes, runs)]
     return lines
+
+
+def goals_section(args: argparse.Namespace, modes: list[Mode], med: dict, plain: Mode, adaptive: Mode) -> list[str]:
+    """The adaptive mode's goals (bench/goals.py); a second plain mode is the noise control."""
+    control = next((m.label for m in modes if m.algorithm == "plain" and m != plain), None)
+    band = noise_band(med, plain.label, control, args.concurrency) if control else 0.0
+    fixed = [m.label for m in modes if m.algorithm != "plain" and "--speculative-adaptive" not in m.extra]
+    dflash = next((m.label for m in modes if m.algorithm == "DFLASH"), None)
+    goals = judge(med, args.concurrency, plain.label, adaptive.label, fixed, dflash, band)
+    return goal_lines(goals, adaptive.label, band, control)
 
 
 def step_timing_table(args: argparse.Namespace, modes: list[Mode], runs: dict) -> list[str]:

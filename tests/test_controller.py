@@ -213,6 +213,26 @@ def test_one_poor_request_does_not_set_the_start_of_the_next():
     assert ctl.before_draft(["next"]) == 16  # the mean over many requests' steps: it does
 
 
+@pytest.mark.parametrize("decay", [0.0, 0.05])
+def test_a_request_stopped_on_a_poor_start_is_tried_again(decay):
+    """One request at a time after good ones: a request whose first drafted step looks poor stops
+    drafting. Its stale evidence decays toward the mean of all requests, so it is tried again:
+    one that turns out worth drafting then drafts on, and one that stays poor is tried now and
+    then (a draft pass, then only the root verified). With decay 0 neither is ever tried again."""
+    ctl = controller(explore_every=0, decay=decay)
+    run_steps(ctl, ["good"], [1.0, 3.0, 6.0], 30)
+    ctl.forget("good")
+    poor = run_steps(ctl, ["poor"], [1.0, 1.0, 1.0], 40)
+    tries = sum(n != 1 for n in poor[1:])
+    mid = run_steps(ctl, ["mid"], [1.0, 1.6, 2.0], 10)
+    assert mid[0] == 4  # drafted from the mean; then its own curve, the draft pass counted, stops it
+    if decay == 0.0:
+        assert tries == 0 and mid[1:] == [1] * 9
+    else:
+        assert 0 < tries <= 40 // 3 and set(poor[1:]) == {1, -1}
+        assert set(mid[-5:]) == {4}
+
+
 def exploration_gaps(ctl: BudgetController, steps: int) -> list[int]:
     """Undrafted steps between explorations at 64 requests, where speculation does not pay."""
     chosen = run_steps(ctl, [f"b{i}" for i in range(64)], [1.0, 2.5, 5.0], steps)
@@ -256,9 +276,10 @@ def test_failing_drafts_and_low_confidence_shrink_the_budget():
 @pytest.mark.parametrize("slowest_loss, drafts", [(0.05, False), (1.0, True)])
 def test_a_budget_must_not_slow_the_slowest_request(slowest_loss, drafts):
     """Three requests the drafter serves well and one it does not: verifying 4 nodes would speed
-    the batch 1.7x but slow its poor request 30%, so the guard keeps speculation off (1.0: no guard)."""
+    the batch 1.7x but slow its poor request 30%, so the guard keeps speculation off (1.0: no guard;
+    decay 0: the poor request is not tried again)."""
     curves = [[1.0, 3.0, 5.0]] * 3 + [[1.0, 1.05, 1.1]]
-    chosen = run_steps(controller(slowest_loss=slowest_loss, explore_every=0), ["a", "b", "c", "poor"], curves, 12)
+    chosen = run_steps(controller(slowest_loss=slowest_loss, explore_every=0, decay=0.0), ["a", "b", "c", "poor"], curves, 12)
     assert set(chosen[-6:]) == ({4} if drafts else {1})
 
 
