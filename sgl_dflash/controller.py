@@ -45,7 +45,7 @@ count from every request. The decision has two stages:
    (running curve, accepted / expected drafts) ``decay`` of the way back to
    the mean of all requests. Without it a request that stopped drafting on a
    poor start never drafted again (one request at a time, measured: requests
-   the N=8 tree served at 2.3-2.5 tokens a step ran 26-31 undrafted steps).
+   the N=8 tree served at 2.3-2.5 tokens a step ran 22-31 undrafted steps).
    While drafting, a batch size whose undrafted step this process (or the
    cached profile) has never timed gets undrafted steps until it has: the
    profile prices that step on dummy requests, and while drafting stays on

@@ -354,5 +354,7 @@ def test_config_validation():
         ControllerConfig.from_json('{"margin": -0.1}', 16)
     with pytest.raises(ValueError, match="slowest_loss"):
         ControllerConfig.from_json('{"slowest_loss": 1.5}', 16)
+    with pytest.raises(ValueError, match="decay"):
+        ControllerConfig.from_json('{"decay": -0.1}', 16)
     with pytest.raises(ValueError, match="policy"):
         ControllerConfig.from_json('{"policy": "random"}', 16)
