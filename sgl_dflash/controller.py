@@ -267,9 +267,11 @@ class BudgetController:
         (running curve, accepted / expected drafts) moves back toward the mean of all requests, so
         one that stopped drafting on a few poor steps is tried again."""
         rate = self.config.decay
+        known = [rid for rid in rids if rid in self.curves]
+        if known:  # one tensor op for the batch: per-request ops cost ~1 ms a step at 64 requests
+            curves = torch.stack([self.curves[rid] for rid in known])
+            self.curves.update(zip(known, (curves + rate * (self.mean_curve - curves)).unbind()))
         for rid in rids:
-            if rid in self.curves:
-                self.curves[rid] = self.curves[rid] + rate * (self.mean_curve - self.curves[rid])
             fared = self.fared.get(rid)
             if fared is not None:
                 fared[0] += rate * (fared[1] - fared[0])
