@@ -45,7 +45,13 @@ count from every request. The decision has two stages:
    (running curve, accepted / expected drafts) ``decay`` of the way back to
    the mean of all requests. Without it a request that stopped drafting on a
    poor start never drafted again (one request at a time, measured: requests
-   the N=8 tree served at 2.3-2.5 tokens a step ran 22-31 undrafted steps).
+   the N=8 tree served at 2.3-2.5 tokens a step ran 22-31 undrafted steps;
+   decay 0.5 ran 1.2x decay 0.05 at one request). A retry's measurement
+   replaces the stale curve, as a first one does (blended into it, a request
+   that stayed poor was retried every other step). A retry after which
+   drafting does not pay for the request even alone halves its decay, so a
+   request that stays poor, or a batch that one poor request holds off, is
+   retried ever more rarely; one after which it pays restores it.
    While drafting, a batch size whose undrafted step this process (or the
    cached profile) has never timed gets undrafted steps until it has: the
    profile prices that step on dummy requests, and while drafting stays on
@@ -106,7 +112,7 @@ class ControllerConfig:
     margin: float = 0.05  # from two requests up, drafting must be predicted this much faster than plain decoding
     slowest_loss: float = 0.05  # ... and must not slow the batch's slowest request by more than this (1: no guard)
     hysteresis: float = 0.05  # ... and this much more to start again once off
-    decay: float = 0.05  # per undrafted step, a request's own evidence moves this far back to the mean (0: never)
+    decay: float = 0.5  # per undrafted step, a request's own evidence moves this far back to the mean (0: never)
     explore_every: int = 16  # undrafted steps in a row before one drafted step (0: never)
     explore_max: int = 256  # the interval doubles after each exploration that keeps speculation off
     explore_share: float = 0.02  # exploring steps' predicted extra time, at most this share of undrafted time
@@ -219,6 +225,8 @@ class BudgetController:
         self.mean_weight = MEAN_PRIOR  # request-steps the mean curve stands for
         self.finished: deque[torch.Tensor] = deque(maxlen=FINISHED_KEPT)  # finished requests' last expected commits
         self.fared: dict[str, list[float]] = {}  # rid -> running [accepted drafts, expected drafts]
+        self.stale: set[str] = set()  # requests whose evidence has decayed since they were last measured
+        self.decays: dict[str, float] = {}  # rid -> its decay, where retries that failed have halved it
         self.undrafted = 0
         self.undrafted_seconds = 0.0  # predicted time of the undrafted steps since the last drafted one
         self.explore_interval = config.explore_every
@@ -269,13 +277,27 @@ class BudgetController:
         one that stopped drafting on a few poor steps is tried again. ``running`` [bs, len(budgets)]
         is this step's stack of their curves: one tensor op for the batch (per-request ops cost
         ~1 ms a step at 64 requests)."""
-        rate = self.config.decay
-        decayed = (running + rate * (self.mean_curve - running)).unbind()
+        rates = [self.decays.get(rid, self.config.decay) for rid in rids]
+        decayed = (running + torch.tensor(rates)[:, None] * (self.mean_curve - running)).unbind()
         self.curves.update((rid, curve) for rid, curve in zip(rids, decayed) if rid in self.curves)
-        for rid in rids:
+        for rid, rate in zip(rids, rates):
             fared = self.fared.get(rid)
             if fared is not None:
                 fared[0] += rate * (fared[1] - fared[0])
+            if rid in self.curves:
+                self.stale.add(rid)
+
+    def _judge_retry(self, rid: str, bs: int) -> None:
+        """A retried request's decay: halved unless drafting would start again for it alone (its
+        fresh curve, trust applied, at this batch size's costs, past the margin and the
+        hysteresis), so it is retried ever more rarely; restored if it would."""
+        commits = self.commits([rid], self.curves[rid][None])[0]
+        rates = [float(commits[i]) / self.costs.step_seconds(bs, n) for i, n in enumerate(self.budgets)]
+        margin = self.config.margin if bs > 1 else 0.0
+        if max(rates[1:]) > rates[0] * (1.0 + margin) * (1.0 + self.config.hysteresis):
+            self.decays.pop(rid, None)
+        else:
+            self.decays[rid] = 0.5 * self.decays.get(rid, self.config.decay)
 
     def _explore(self, bs: int) -> bool:
         """Whether this undrafted stretch has been long enough, in steps and in time, to draft once."""
@@ -364,6 +386,8 @@ class BudgetController:
         if curve is not None:  # valued as a known request is (its trust applied)
             self.finished.append(self.commits([rid], curve[None])[0])
         self.fared.pop(rid, None)
+        self.stale.discard(rid)
+        self.decays.pop(rid, None)
 
     def _fold_arrived(self) -> None:
         while self.pending and self.pending[0].ready():
@@ -373,8 +397,14 @@ class BudgetController:
             if step.curves is not None:
                 self.calibration.fold(step.counts)
                 # A request's first measurement replaces the mean it started from: blended with
-                # the optimistic start, a batch of new requests kept drafting for ~6 steps.
+                # the optimistic start, a batch of new requests kept drafting for ~6 steps. So
+                # does a retry's the stale evidence it was retried on.
                 for rid, curve in zip(step.rids, step.curves):
+                    if rid in self.stale:
+                        self.stale.discard(rid)
+                        self.curves[rid] = curve
+                        self._judge_retry(rid, len(step.rids))
+                        continue
                     old = self.curves.get(rid)
                     self.curves[rid] = curve if old is None else old + CURVE_RATE * (curve - old)
                 # The mean is weighed by requests: one step of 64 settles it; the server's warm-up
