@@ -49,10 +49,9 @@ count from every request. The decision has two stages:
    decay 0.5 ran 1.2x decay 0.05 at one request). A retry's measurement
    replaces the stale curve, as a first one does (blended into it, a request
    that stayed poor was retried every other step). A retry after which
-   drafting would not start again for the request alone (past the margin
-   and the hysteresis) halves its decay, so a request that stays poor, or a
-   batch that one poor request holds off, is retried ever more rarely; one
-   after which it would restores it.
+   drafting does not pay for the request even alone halves its decay, so a
+   request that stays poor, or a batch that one poor request holds off, is
+   retried ever more rarely; one after which it pays restores it.
    While drafting, a batch size whose undrafted step this process (or the
    cached profile) has never timed gets undrafted steps until it has: the
    profile prices that step on dummy requests, and while drafting stays on
@@ -66,20 +65,12 @@ count from every request. The decision has two stages:
    64 requests costs ~3 undrafted ones, at one request a fraction of one.
    Both waits are finite, so exploration never stops, however the cost model
    prices drafting.
-2. After drafting (``use_step_confidence``): this step's own trees give
-   E_r(n) for every budget at once (a budget's tree is the first n nodes of
-   the full one), and the budget with the largest gain V(n) - R * verify
-   seconds(n) is verified, R being the rate steps are expected to run at:
-   the larger of this step's best tokens per second with its draft pass
-   and a plain step's (Dinkelbach's rule for the most tokens per second
-   over many steps). Where drafting pays, that is the budget with the most
-   tokens per second of the whole step, the paid draft pass included (V(n)
-   over the verify seconds alone leaned to small trees: at one request the
-   controller's steps committed fewer tokens than the N=8 tree's); where it
-   does not (an exploring step), a tree is verified only if its extra
-   tokens beat plain decoding's rate. This is where the drafter's
-   confidence in this very step decides. On GPU it reads a few numbers
-   back from the device mid-step; without it the running curves decide.
+2. After drafting (``use_step_confidence``): the draft pass is paid; this
+   step's own trees give E_r(n) for every budget at once (a budget's tree is
+   the first n nodes of the full one), and the budget maximizing V(n) over
+   the verify seconds of n nodes is verified. This is where the drafter's
+   confidence in this very step decides. On GPU it reads a few numbers back
+   from the device mid-step; without it the running curves decide.
 
 Seconds come from the cost model (measured on this machine, refined by every
 step). Statistics go to the host without blocking the device and are folded
@@ -90,7 +81,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Optional, Sequence
@@ -321,17 +311,10 @@ class BudgetController:
         """Stage 2: the budget to verify, from this step's own curves [bs, len(budgets)] (host)."""
         if self.config.policy == "cycle" or curves is None:
             return drafted_budget
-        bs = len(rids)
         commits = self.commits(rids, curves)
-        value = commits.sum(dim=0)
-        draft, verify = self.costs.draft_seconds(bs), [self.costs.verify_seconds(bs, n) for n in self.budgets]
-        step_rates = self._rates(value, commits.min(dim=0).values, [draft + v for v in verify])
-        rate = max(max(step_rates[1:]), float(value[0]) / verify[0])  # the rate steps are expected to run at
-        gains = [
-            float(value[i]) - rate * verify[i] if i == 0 or step_rates[i] > 0 else -math.inf
-            for i in range(len(self.budgets))
-        ]
-        return self.budgets[max(range(len(gains)), key=gains.__getitem__)]
+        seconds = [self.costs.verify_seconds(len(rids), n) for n in self.budgets]
+        rates = self._rates(commits.sum(dim=0), commits.min(dim=0).values, seconds)
+        return self.budgets[max(range(len(rates)), key=rates.__getitem__)]
 
     def _slowest(self, rids: Sequence[str], commits: torch.Tensor) -> torch.Tensor:
         """[len(budgets)]: the batch's slowest request's expected commits per budget. k requests not
@@ -415,7 +398,7 @@ class BudgetController:
                 self.calibration.fold(step.counts)
                 # A request's first measurement replaces the mean it started from: blended with
                 # the optimistic start, a batch of new requests kept drafting for ~6 steps. So
-                # does a retry's: the evidence it was retried on had gone stale.
+                # does a retry's the stale evidence it was retried on.
                 for rid, curve in zip(step.rids, step.curves):
                     if rid in self.stale:
                         self.stale.discard(rid)

@@ -276,21 +276,6 @@ def test_failing_drafts_and_low_confidence_shrink_the_budget():
     assert ctl.commits(rids, torch.tensor([[1.0, 3.0, 4.0]] * 2))[:, 1].sum() < 2.5
 
 
-def test_stage_two_maximizes_the_whole_steps_rate():
-    """After the draft pass, 16 nodes commit 4.4 tokens and 4 nodes 3.0: per second of the verify
-    pass alone 4 nodes win (1250 vs 1222 tokens/s), per second of the step, draft pass included,
-    16 nodes do (917 vs 833), and that is the throughput of steps that draft. Where plain decoding
-    is the faster (an exploring step at 64 requests), nodes are verified only if their extra
-    tokens beat its rate."""
-    ctl = controller()
-    costs = ctl.costs
-    draft, v4, v16 = costs.draft_seconds(1), costs.verify_seconds(1, 4), costs.verify_seconds(1, 16)
-    assert 3.0 / v4 > 4.4 / v16 and 4.4 / (draft + v16) > 3.0 / (draft + v4)
-    assert ctl.after_draft(["r"], torch.tensor([[1.0, 3.0, 4.4]]), 16) == 16
-    # Where a plain step's rate is the better (at 64 requests), extra nodes must beat it: the root.
-    assert ctl.after_draft([f"b{i}" for i in range(64)], torch.tensor([[1.0, 2.5, 5.0]] * 64), 16) == 1
-
-
 @pytest.mark.parametrize("slowest_loss, drafts", [(0.05, False), (1.0, True)])
 def test_a_budget_must_not_slow_the_slowest_request(slowest_loss, drafts):
     """Three requests the drafter serves well and one it does not: verifying 4 nodes would speed
@@ -336,7 +321,7 @@ def test_new_requests_count_as_the_slowest_of_as_many_finished(batch, drafts):
     for rid in seen[1:]:
         ctl.forget(rid)
     chosen = run_steps(ctl, batch, good, 10)
-    assert all((n > 1) == drafts for n in chosen[-6:]), chosen
+    assert set(chosen[-6:]) == ({4} if drafts else {1})
 
 
 def test_budgets_one_never_drafts():
