@@ -49,9 +49,10 @@ count from every request. The decision has two stages:
    decay 0.5 ran 1.2x decay 0.05 at one request). A retry's measurement
    replaces the stale curve, as a first one does (blended into it, a request
    that stayed poor was retried every other step). A retry after which
-   drafting does not pay for the request even alone halves its decay, so a
-   request that stays poor, or a batch that one poor request holds off, is
-   retried ever more rarely; one after which it pays restores it.
+   drafting would not start again for the request alone (past the margin
+   and the hysteresis) halves its decay, so a request that stays poor, or a
+   batch that one poor request holds off, is retried ever more rarely; one
+   after which it would restores it.
    While drafting, a batch size whose undrafted step this process (or the
    cached profile) has never timed gets undrafted steps until it has: the
    profile prices that step on dummy requests, and while drafting stays on
@@ -398,7 +399,7 @@ class BudgetController:
                 self.calibration.fold(step.counts)
                 # A request's first measurement replaces the mean it started from: blended with
                 # the optimistic start, a batch of new requests kept drafting for ~6 steps. So
-                # does a retry's the stale evidence it was retried on.
+                # does a retry's: the evidence it was retried on had gone stale.
                 for rid, curve in zip(step.rids, step.curves):
                     if rid in self.stale:
                         self.stale.discard(rid)
