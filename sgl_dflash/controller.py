@@ -252,9 +252,8 @@ class BudgetController:
         running = self._running_curves(rids)
         commits = self.commits(rids, running)
         seconds = [self.costs.step_seconds(bs, n) for n in self.budgets]
-        margin = self.config.margin if bs > 1 else 0.0  # one request cannot fall out of step
         rates = self._rates(commits.sum(dim=0), self._slowest(rids, commits), seconds)
-        off = rates[0] * (1.0 + margin)
+        off = self._bar(rates[0], bs)
         on = max(rates[1:])
         if self.drafting and on < off:
             self.drafting = False
@@ -280,25 +279,29 @@ class BudgetController:
         ~1 ms a step at 64 requests)."""
         rates = [self.decays.get(rid, self.config.decay) for rid in rids]
         decayed = (running + torch.tensor(rates)[:, None] * (self.mean_curve - running)).unbind()
-        self.curves.update((rid, curve) for rid, curve in zip(rids, decayed) if rid in self.curves)
-        for rid, rate in zip(rids, rates):
+        for rid, rate, curve in zip(rids, rates, decayed):
+            if rid in self.curves:
+                self.curves[rid] = curve
+                self.stale.add(rid)
             fared = self.fared.get(rid)
             if fared is not None:
                 fared[0] += rate * (fared[1] - fared[0])
-            if rid in self.curves:
-                self.stale.add(rid)
 
     def _judge_retry(self, rid: str, bs: int) -> None:
         """A retried request's decay: halved unless drafting would start again for it alone (its
         fresh curve, trust applied, at this batch size's costs, past the margin and the
         hysteresis), so it is retried ever more rarely; restored if it would."""
         commits = self.commits([rid], self.curves[rid][None])[0]
-        rates = [float(commits[i]) / self.costs.step_seconds(bs, n) for i, n in enumerate(self.budgets)]
-        margin = self.config.margin if bs > 1 else 0.0
-        if max(rates[1:]) > rates[0] * (1.0 + margin) * (1.0 + self.config.hysteresis):
+        rates = self._rates(commits, commits, [self.costs.step_seconds(bs, n) for n in self.budgets])
+        if max(rates[1:]) > self._bar(rates[0], bs) * (1.0 + self.config.hysteresis):
             self.decays.pop(rid, None)
         else:
             self.decays[rid] = 0.5 * self.decays.get(rid, self.config.decay)
+
+    def _bar(self, plain_rate: float, bs: int) -> float:
+        """The rate drafting must beat: a plain step's, by the margin from two requests up (one
+        request cannot fall out of step)."""
+        return plain_rate * (1.0 + (self.config.margin if bs > 1 else 0.0))
 
     def _explore(self, bs: int) -> bool:
         """Whether this undrafted stretch has been long enough, in steps and in time, to draft once."""
