@@ -445,4 +445,5 @@ class BudgetController:
             1e3 * w.observed_seconds / w.steps,
         )
         self.window = _Window()
+        self.costs.acceptance = self.calibration.state()
         self.costs.save()  # a small JSON write every log window: restarts and the profiler resume from it

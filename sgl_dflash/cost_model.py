@@ -25,7 +25,8 @@ there. The outside work is learned from the period between back-to-back
 steps (per batch-size cell, CPU only). The refinement is written back into
 the cache file every controller log window, so a restarted server, and the
 offline profiler (python -m sgl_dflash.profile), start from what real steps
-measured.
+measured; the controller's acceptance calibration (value_model) travels in
+the same file.
 """
 
 from __future__ import annotations
@@ -91,6 +92,9 @@ class StepCostModel:
         self._seen: Counter = Counter()  # observations per learned value
         self._warm: set[tuple[int, int]] = set()  # (batch size, budget) shapes this process has run
         self.cache: Optional[tuple[Path, dict]] = None  # (file, key) the profile came from, for save()
+        # The acceptance calibration's counts (value_model), carried in the same file for the
+        # controller: what real steps learned about this pair. Not read here.
+        self.acceptance: dict = {}
 
     def _cell(self, bs: int) -> int:
         """The profiled batch size closest to bs (in ratio)."""
@@ -200,7 +204,8 @@ class StepCostModel:
             return
         path, key = self.cache
         tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # servers sharing a cache never see half a file
-        tmp.write_text(json.dumps({"key": key, "profile": self.profile, "online": self.online_state()}, indent=1))
+        state = {"key": key, "profile": self.profile, "online": self.online_state(), "acceptance": self.acceptance}
+        tmp.write_text(json.dumps(state, indent=1))
         tmp.replace(path)
 
     # ------------------------------------------------------------- profiling
@@ -253,6 +258,7 @@ class StepCostModel:
             if cached.get("key") == key:
                 model = cls(cached["profile"], budgets)
                 model.load_online_state(cached.get("online", {}))
+                model.acceptance = cached.get("acceptance") or {}
                 model.cache = (path, key)
                 logger.info("%s cost profile loaded from %s (refined by %d real steps)",
                             ALGORITHM_NAME, path, model.steps_observed)

@@ -151,7 +151,11 @@ class SglDFlashWorker(DFlashWorkerV2):
             ),
             list(knobs.budgets),
         )
-        return BudgetController(knobs, costs, AcceptanceCalibration(self.device))
+        calibration = AcceptanceCalibration(self.device)
+        resumed = calibration.load_state(costs.acceptance)
+        if resumed:
+            logger.info("%s acceptance calibration resumed from %s (%.0f verified nodes)", ALGORITHM_NAME, path, resumed)
+        return BudgetController(knobs, costs, calibration)
 
     def on_verify_complete_cpu(self, num_correct_drafts_per_req: list[int], batch_size: int = 0) -> None:
         if self.controller is not None:

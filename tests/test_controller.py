@@ -126,6 +126,30 @@ def test_value_model_prices_every_budget_from_one_tree():
     assert calibration.table.shape == (NUM_BUCKETS,)
 
 
+def test_acceptance_calibration_is_saved_with_the_profile_and_resumed(tmp_path):
+    """What verification taught the calibration survives a restart: the controller writes it into
+    the cost profile's file every log window and a new server resumes from it (a fresh one values
+    drafts by the drafter's own scores, too low for an underconfident drafter to draft)."""
+    path, key = tmp_path / "profile.json", {"model": "a"}
+    costs = StepCostModel.load_or_measure(path, key, compute_bound_profile, BUDGETS)
+    config = ControllerConfig(budgets=tuple(BUDGETS), log_every=4)
+    ctl = BudgetController(config, costs, AcceptanceCalibration(torch.device("cpu")))
+    scores, accepted = torch.tensor([[1.0] + [0.1] * 3]), torch.tensor([[True, True, False, False]])
+    for _ in range(4):  # nodes scored 0.1 accepted a third of the time
+        ctl.before_draft(["r"])
+        counts = AcceptanceCalibration.step_counts(scores, accepted)
+        ctl.after_step(StepRecord(["r"], 4, 1.0, 1e-3, torch.ones(1, 3), counts, (1e-3, 1e-3)))
+    learned = ctl.calibration.table.clone()
+    assert learned[score_buckets(torch.tensor(0.1))] > 0.15  # moved from the prior (~0.1) toward 1/3
+    resumed_costs = StepCostModel.load_or_measure(path, key, lambda: pytest.fail("the cache matches"), BUDGETS)
+    resumed = AcceptanceCalibration(torch.device("cpu"))
+    assert resumed.load_state(resumed_costs.acceptance) == pytest.approx(4 * 3, rel=0.01)  # verified nodes, decayed a little
+    assert torch.allclose(resumed.table, learned)
+    fresh = AcceptanceCalibration(torch.device("cpu"))
+    assert fresh.load_state({}) == 0.0 and fresh.load_state({"accepted": [1.0], "verified": [2.0]}) == 0.0  # other layout
+    assert torch.allclose(fresh.table, AcceptanceCalibration(torch.device("cpu")).table)
+
+
 def controller(profile: dict | None = None, **knobs) -> BudgetController:
     """A controller over BUDGETS whose cost model starts from `profile` (default: compute-bound)."""
     config = ControllerConfig(budgets=tuple(BUDGETS), **knobs)
