@@ -13,7 +13,7 @@ profile (cost_model) and resumed at startup: from the drafter's estimate
 alone (this pair's drafter is underconfident, its scores about half the
 acceptance observed), a fresh server's first requests were valued too low to
 draft, and the undrafted steps taught nothing (measured at one request: the
-first request ran 27 undrafted steps, 1.8x the time of the N=8 tree's).
+first request ran 29 undrafted steps of 30, 1.8x the time of the N=8 tree's).
 Then, per request,
 
     E(n) = 1 + sum over nodes i = 1 .. n-1 of calibrated(score_i)
