@@ -10,7 +10,7 @@ octaves), accepted or not, starting from the drafter's own estimate as a
 prior of ``PRIOR_NODES`` pseudo-nodes per bucket and forgetting old steps
 slowly (``decay`` per folded step). The counts are saved with the cost
 profile (cost_model) and resumed at startup: from the drafter's estimate
-alone (this pair's drafter is underconfident, its scores about half the
+alone (the twin pair's drafter is underconfident, its scores about half the
 acceptance observed), a fresh server's first requests were valued too low to
 draft, and the undrafted steps taught nothing (measured at one request: the
 first request ran 29 undrafted steps of 30, 1.8x the time of the N=8 tree's).
