@@ -1,7 +1,7 @@
 """Serving benchmark: plain vs built-in DFLASH vs SGL_DFLASH, measured by SGLang's own bench_serving.
 
-Each mode is a server started with the same target (one at a time: idle
-SGLang servers poll and would steal CPU); SGLang's bench_serving
+Each mode is a server started with the same target (one at a time by
+default; --together K keeps K up at once, see below); SGLang's bench_serving
 (`python -m sglang.bench_serving`, whose implementation is
 `sglang.benchmark.serving`: run in this process through its own CLI parser,
 so its import is paid once; the equivalent command is written to the report)
@@ -10,6 +10,18 @@ tokenizer from the local target dir, no hub) at each concurrency, greedy by
 default, with the prefix cache flushed after its warm-up. Rounds rotate the
 server order so drift in the machine's speed hits every mode alike; the
 report gives medians over rounds with min-max ranges.
+
+A shared CPU's speed drifts by 20% and more within minutes, so one server's
+life (all its levels, several minutes) can run on a faster machine than the
+next one's. --together K starts the modes K at a time, in --modes order
+(each round starts them afresh, so every server still sees the levels in
+order from a fresh start), and runs each level on every server of the group
+in turn, the order rotated by round and level: the group's modes are then
+measured minutes apart at every level, not a whole server life apart. Idle
+servers wait on their sockets (--sleep-on-idle), but each holds its memory
+(a twin-pair server ~5 GB on CPU). Put the modes whose comparison matters
+most in one group: e.g. `plain`, the adaptive mode and `plain again` (the
+noise band is then the gap of two servers measured side by side).
 
 Reported per mode and concurrency: output tokens/s, the ratios to plain and
 to built-in DFLASH (measured side by side in the same run), accept length
@@ -54,6 +66,7 @@ from pathlib import Path
 from unittest import mock
 
 from goals import goal_lines, judge, noise_band
+from schedule import groups, level_order, round_groups
 from transformers import AutoTokenizer
 
 from sgl_dflash.draft_checkpoint import validate_draft
@@ -215,6 +228,10 @@ def same_outputs(runs: dict, mode: Mode, plain: Mode, c: int) -> str:
     return f"{sum(a == b for a, b in pairs)}/{len(pairs)}"
 
 
+def groups_text(args: argparse.Namespace) -> str:
+    return "; ".join(", ".join(m.label for m in group) for group in groups(args.modes, args.together))
+
+
 def report(args: argparse.Namespace, pair: str, modes: list[Mode], runs: dict, command: str) -> list[str]:
     labels = {m.label for m in modes}
     plain = next((m for m in modes if m.algorithm == "plain"), None)
@@ -227,8 +244,10 @@ def report(args: argparse.Namespace, pair: str, modes: list[Mode], runs: dict, c
         f"({param_count(args.draft) / 1e6:.0f}M parameters), block {args.block}",
         f"workload: held-out stdlib windows of {args.prompt_len} tokens, {args.max_tokens} output tokens, "
         f"temperature {args.temperature:g}, {args.requests_per_slot} x concurrency requests per level (at least "
-        f"{args.min_requests}); {args.rounds} rounds in rotating server order "
-        "(median over rounds, min-max in brackets)",
+        f"{args.min_requests}); {args.rounds} rounds in rotating server order"
+        + (f", servers {args.together} at a time ({groups_text(args)}), each level run on every server of "
+           "a group in turn" if args.together > 1 else "")
+        + " (median over rounds, min-max in brackets)",
         f"client: SGLang bench_serving, e.g. `{command}`",
         "",
         "| concurrency | mode | output tok/s | vs plain | vs built-in DFLASH | accept length | same as plain |",
@@ -322,26 +341,39 @@ def plot(args: argparse.Namespace, modes: list[Mode], runs: dict, title: str, pa
 
 
 def run_all(args: argparse.Namespace, modes: list[Mode], dataset: Path, work: Path) -> dict:
-    """Every mode at every concurrency, each round in a rotated server order."""
+    """Every mode at every concurrency, servers and levels in bench/schedule.py's order."""
     runs: dict[tuple[str, int], list[Run]] = {(m.label, c): [] for m in modes for c in args.concurrency}
     for r in range(args.rounds):
-        for m in modes[r % len(modes):] + modes[: r % len(modes)]:
-            slug = re.sub(r"\W+", "_", m.label)
-            say(f"round {r + 1}/{args.rounds}: starting {m.label} server ...")
-            server = start(args, m, work / f"{slug}-r{r}.log")
+        for group in round_groups(modes, args.together, r):
+            servers: dict[str, Server] = {}
             try:
-                for c in args.concurrency:
-                    argv = bench_argv(args, server.url, dataset, c, work / f"{slug}-r{r}-c{c}.jsonl")
-                    run = run_level(server, argv, work / f"{slug}-r{r}.bench.log")
-                    runs[m.label, c].append(run)
-                    res = run.result
-                    accept = f"{res['accept_length']:.2f}" if res.get("accept_length") else "-"
-                    say(f"  {m.label:<12} concurrency {c:>3}: {run.tok_s:8.1f} tok/s  TPOT "
-                        f"{res['median_tpot_ms']:7.1f} ms  TTFT {res['median_ttft_ms']:7.1f} ms  accept {accept}  "
-                        f"({res['completed']} requests)")
+                for m in group:
+                    say(f"round {r + 1}/{args.rounds}: starting {m.label} server ...")
+                    servers[m.label] = start(args, m, work / f"{slug(m)}-r{r}.log")
+                for i, c in enumerate(args.concurrency):
+                    for m in level_order(group, r, i):
+                        run_one(args, m, servers[m.label], c, r, dataset, work, runs)
             finally:
-                server.stop()
+                for server in servers.values():
+                    server.stop()
     return runs
+
+
+def slug(mode: Mode) -> str:
+    return re.sub(r"\W+", "_", mode.label)
+
+
+def run_one(args: argparse.Namespace, m: Mode, server: Server, c: int, r: int, dataset: Path, work: Path,
+            runs: dict) -> None:
+    """One level on one server, recorded in runs and reported on the console."""
+    argv = bench_argv(args, server.url, dataset, c, work / f"{slug(m)}-r{r}-c{c}.jsonl")
+    run = run_level(server, argv, work / f"{slug(m)}-r{r}.bench.log")
+    runs[m.label, c].append(run)
+    res = run.result
+    accept = f"{res['accept_length']:.2f}" if res.get("accept_length") else "-"
+    say(f"  {m.label:<12} concurrency {c:>3}: {run.tok_s:8.1f} tok/s  TPOT "
+        f"{res['median_tpot_ms']:7.1f} ms  TTFT {res['median_ttft_ms']:7.1f} ms  accept {accept}  "
+        f"({res['completed']} requests)")
 
 
 def say(msg: str) -> None:
@@ -367,9 +399,13 @@ def main() -> None:
     ap.add_argument("--max-tokens", type=int, default=64, help="output tokens per request")
     ap.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (outputs checked against plain)")
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--together", type=int, default=1,
+                    help="servers up at once, run level by level in turn (see above; each holds its memory)")
     ap.add_argument("--step-timing", action="store_true", help="SGL_DFLASH draft/verify/other ms per step")
     ap.add_argument("--out", type=Path, help="report path (.md; the plot goes next to it as .png)")
     args = ap.parse_args()
+    if args.together < 1:
+        raise SystemExit("--together must be at least 1.")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
     pair = resolve_pair(args)
