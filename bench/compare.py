@@ -65,8 +65,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from unittest import mock
 
-from goals import goal_lines, judge, noise_band
-from schedule import groups, level_order, round_groups
+from goals import goal_lines, judge, noise_band, paired_ratio
+from schedule import groups, level_order, round_groups, side_by_side
 from transformers import AutoTokenizer
 
 from sgl_dflash.draft_checkpoint import validate_draft
@@ -276,6 +276,9 @@ def report(args: argparse.Namespace, pair: str, modes: list[Mode], runs: dict, c
     adaptive = next((m for m in modes if "--speculative-adaptive" in m.extra), None)
     if plain and adaptive:
         lines += ["", *goals_section(args, modes, med, plain, adaptive)]
+    pairs = paired_comparisons(args, modes, plain, adaptive)
+    if pairs:
+        lines += ["", *paired_table(args, runs, pairs)]
     if args.step_timing:
         lines += ["", *step_timing_table(args, modes, runs)]
     return lines
@@ -289,6 +292,34 @@ def goals_section(args: argparse.Namespace, modes: list[Mode], med: dict, plain:
     dflash = next((m.label for m in modes if m.algorithm == "DFLASH"), None)
     goals = judge(med, args.concurrency, plain.label, adaptive.label, fixed, dflash, band)
     return goal_lines(goals, adaptive.label, band, control)
+
+
+def paired_comparisons(args: argparse.Namespace, modes: list[Mode], plain: Mode | None,
+                       adaptive: Mode | None) -> list[tuple[Mode, Mode]]:
+    """(numerator, denominator) of the paired ratios: every mode up at once with plain, over plain;
+    the adaptive mode over every fixed speculative mode up at once with it."""
+    pairs = []
+    if plain is not None:
+        pairs += [(m, plain) for m in modes if m != plain and side_by_side(modes, args.together, m, plain)]
+    if adaptive is not None:
+        pairs += [(adaptive, m) for m in modes if m.algorithm != "plain" and m != adaptive
+                  and side_by_side(modes, args.together, m, adaptive)]
+    return pairs
+
+
+def paired_table(args: argparse.Namespace, runs: dict, pairs: list[tuple[Mode, Mode]]) -> list[str]:
+    lines = ["Paired by round (servers up at once: the ratio of their tok/s at the same level and round, "
+             "measured minutes apart, so the machine's drift between rounds cancels; median over rounds "
+             "[min-max]):", "",
+             "| ratio at concurrency | " + " | ".join(str(c) for c in args.concurrency) + " |",
+             "|---|" + "---:|" * len(args.concurrency)]
+    for num, den in pairs:
+        cells = []
+        for c in args.concurrency:
+            mid, lo, hi = paired_ratio([r.tok_s for r in runs[num.label, c]], [r.tok_s for r in runs[den.label, c]])
+            cells.append(f"{mid:.2f} [{lo:.2f}-{hi:.2f}]")
+        lines.append(f"| {num.label} / {den.label} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def step_timing_table(args: argparse.Namespace, modes: list[Mode], runs: dict) -> list[str]:

@@ -8,6 +8,10 @@ Terms, all ratios of medians over rounds of the same run:
   a measured gap.
 - best fixed: the fastest speculative mode at that concurrency that is not
   adaptive (built-in DFLASH included).
+- paired ratio (reported beside the goals, not judged): for two servers up
+  at once (bench/compare.py --together), the median over rounds of the ratio
+  of their tok/s at the same level and round, with its min-max; the drift of
+  the machine between rounds cancels out of it.
 
 Goals: adaptive >= plain within the noise band at every concurrency;
 adaptive >= 0.95x the best fixed at every concurrency; >= 1.5x plain at
@@ -16,6 +20,7 @@ concurrency 1; >= 1.2x built-in DFLASH wherever DFLASH is slower than plain.
 
 from __future__ import annotations
 
+import statistics
 from dataclasses import dataclass
 from typing import Optional
 
@@ -42,6 +47,14 @@ class Goal:
 def noise_band(med: Medians, plain: str, control: str, levels: list[int]) -> float:
     """The largest |1 - control / plain| over the levels."""
     return max(abs(1.0 - med[control, c] / med[plain, c]) for c in levels)
+
+
+def paired_ratio(num: list[float], den: list[float]) -> tuple[float, float, float]:
+    """Median, min and max over rounds of num / den (both in round order)."""
+    if len(num) != len(den) or not num:
+        raise ValueError(f"paired ratio needs the same rounds on both sides, got {len(num)} and {len(den)}")
+    ratios = [n / d for n, d in zip(num, den)]
+    return statistics.median(ratios), min(ratios), max(ratios)
 
 
 def judge(med: Medians, levels: list[int], plain: str, adaptive: str, fixed: list[str],

@@ -34,3 +34,8 @@ def round_groups(modes: Sequence[T], together: int, round_index: int) -> list[li
 def level_order(group: Sequence[T], round_index: int, level_index: int) -> list[T]:
     """The order in which one level runs on a group's servers."""
     return rotated(group, round_index + level_index)
+
+
+def side_by_side(modes: Sequence[T], together: int, a: T, b: T) -> bool:
+    """Whether a and b are up at once (one group): their runs of a level and round are minutes apart."""
+    return any(a in group and b in group for group in groups(modes, together))

@@ -6,6 +6,8 @@ import importlib.util
 import sys
 from pathlib import Path
 
+import pytest
+
 _spec = importlib.util.spec_from_file_location("goals", Path(__file__).resolve().parent.parent / "bench" / "goals.py")
 goals = sys.modules["goals"] = importlib.util.module_from_spec(_spec)  # dataclasses look their module up
 _spec.loader.exec_module(goals)
@@ -41,3 +43,13 @@ def test_the_section_counts_what_was_met_and_says_when_no_control_ran():
     lines = goals.goal_lines(found, "adaptive", 0.0, None)
     assert f"met {sum(g.met for g in found)} of {len(found)}" in lines[0] and "no control server" in lines[0]
     assert len(lines) == 4 + len(found) and sum("NOT met" in line for line in lines) == 2
+
+
+def test_paired_ratio_pairs_rounds_not_medians():
+    # Both servers slow down by half in round 2: each round's ratio is still 1.25.
+    mid, lo, hi = goals.paired_ratio([12.5, 6.25, 13.75], [10.0, 5.0, 11.0])
+    assert (mid, lo, hi) == (1.25, 1.25, 1.25)
+    mid, lo, hi = goals.paired_ratio([12.0, 9.0], [10.0, 10.0])
+    assert (round(mid, 12), lo, hi) == (1.05, 0.9, 1.2)
+    with pytest.raises(ValueError, match="same rounds"):
+        goals.paired_ratio([1.0], [1.0, 2.0])

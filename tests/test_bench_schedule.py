@@ -32,3 +32,10 @@ def test_every_server_of_a_group_goes_first_equally_often():
         assert all(firsts.count(m) == 2 for m in group)
     # Rounds start the same level on different servers.
     assert len({schedule.level_order(group, r, 0)[0] for r in range(3)}) == 3
+
+
+def test_side_by_side_means_one_group():
+    assert schedule.side_by_side(MODES, 3, "adaptive", "plain")
+    assert schedule.side_by_side(MODES, 3, "tree", "DFLASH")
+    assert not schedule.side_by_side(MODES, 3, "tree", "plain")
+    assert not schedule.side_by_side(MODES, 1, "adaptive", "plain")
