@@ -34,10 +34,17 @@ judges its goals (bench/goals.py): a second plain mode (e.g. `plain again`)
 is a control server whose gap to the first measures the run's noise band.
 Writes bench/results/serving-DEVICE-PAIR-DATE.md and .png.
 
+Every run's raw results stay in a work folder (printed at the start): the
+command line, each level's bench_serving JSONL and step-timing lines, the
+server logs. `--report-from WORK` writes the report again from them without
+running anything (e.g. after a crash in the report, or from the rounds an
+interrupted run completed).
+
     python bench/compare.py                                # the inflated twin pair (made into .cache/ once)
     python bench/compare.py --pair tiny --concurrency 1,2 --rounds 1
     python bench/compare.py --target T --draft D --device cuda
     python bench/compare.py --modes 'plain,DFLASH,SGL_DFLASH,SGL_DFLASH tree k4 n32=--speculative-eagle-topk 4 --speculative-num-draft-tokens 32'
+    python bench/compare.py --report-from /tmp/sgl_dflash_serving_XXXX --out bench/results/NAME.md
 
 --modes is a comma-separated list of LABEL or LABEL=SERVER ARGS. The
 label's first word picks the server: `plain` (no speculation), `DFLASH`
@@ -82,6 +89,7 @@ STEP_TIMING = re.compile(
     r"SGL_DFLASH step timing over last 64 steps \(ms/step\): draft ([\d.]+) verify ([\d.]+) "
     r"other ([\d.]+) \(batch ([\d.]+)\)"
 )
+RUN_FILE = "run.json"  # in the work folder: the command line of the run
 # bench_serving result keys reported, with their table headers
 LATENCY = {"median_ttft_ms": "TTFT median", "median_tpot_ms": "TPOT median", "p99_tpot_ms": "TPOT p99",
            "median_itl_ms": "ITL median", "p99_itl_ms": "ITL p99"}
@@ -236,8 +244,10 @@ def report(args: argparse.Namespace, pair: str, modes: list[Mode], runs: dict, c
     labels = {m.label for m in modes}
     plain = next((m for m in modes if m.algorithm == "plain"), None)
     lines = [
-        f"# Serving benchmark ({pair} pair, {args.device}), {datetime.date.today()}",
+        f"# Serving benchmark ({pair} pair, {args.device}), {args.date}",
         "",
+        *([f"> Written again on {datetime.date.today()} from the run's raw results (`--report-from {args.report_from}`).",
+           ""] if args.report_from else []),
         f"device: {args.device} ({device_name(args.device)}"
         + (f", server threads {args.threads}" if args.device == "cpu" else "") + ")",
         f"target `{args.target}` ({param_count(args.target) / 1e6:.0f}M parameters), draft `{args.draft}` "
@@ -390,6 +400,31 @@ def run_all(args: argparse.Namespace, modes: list[Mode], dataset: Path, work: Pa
     return runs
 
 
+def load_runs(args: argparse.Namespace, modes: list[Mode], work: Path) -> dict:
+    """The runs of an earlier run from its work folder: every round whose levels all completed."""
+    def path(m: Mode, r: int, c: int) -> Path:
+        return work / f"{slug(m)}-r{r}-c{c}.jsonl"
+
+    complete = [r for r in range(args.rounds)
+                if all(path(m, r, c).is_file() for m in modes for c in args.concurrency)]
+    if not complete:
+        raise SystemExit(f"--report-from {work}: no round has results for every mode and concurrency.")
+    if len(complete) < args.rounds:
+        say(f"{len(complete)} of {args.rounds} rounds completed (rounds {[r + 1 for r in complete]}): reporting those")
+        args.rounds = len(complete)
+    runs: dict[tuple[str, int], list[Run]] = {}
+    for m in modes:
+        for c in args.concurrency:
+            runs[m.label, c] = []
+            for r in complete:
+                timing = path(m, r, c).with_suffix(".timing.json")
+                runs[m.label, c].append(Run(
+                    json.loads(path(m, r, c).read_text().splitlines()[-1]),
+                    [tuple(t) for t in json.loads(timing.read_text())] if timing.is_file() else [],
+                ))
+    return runs
+
+
 def slug(mode: Mode) -> str:
     return re.sub(r"\W+", "_", mode.label)
 
@@ -399,6 +434,7 @@ def run_one(args: argparse.Namespace, m: Mode, server: Server, c: int, r: int, d
     """One level on one server, recorded in runs and reported on the console."""
     argv = bench_argv(args, server.url, dataset, c, work / f"{slug(m)}-r{r}-c{c}.jsonl")
     run = run_level(server, argv, work / f"{slug(m)}-r{r}.bench.log")
+    (work / f"{slug(m)}-r{r}-c{c}.timing.json").write_text(json.dumps(run.step_timing))
     runs[m.label, c].append(run)
     res = run.result
     accept = f"{res['accept_length']:.2f}" if res.get("accept_length") else "-"
@@ -434,26 +470,40 @@ def main() -> None:
                     help="servers up at once, run level by level in turn (see above; each holds its memory)")
     ap.add_argument("--step-timing", action="store_true", help="SGL_DFLASH draft/verify/other ms per step")
     ap.add_argument("--out", type=Path, help="report path (.md; the plot goes next to it as .png)")
+    ap.add_argument("--report-from", type=Path, metavar="WORK",
+                    help="report an earlier run again from its work folder (its command line and raw results)")
     args = ap.parse_args()
+    work = args.report_from
+    if work is not None:
+        if not (work / RUN_FILE).is_file():
+            raise SystemExit(f"--report-from {work}: no {RUN_FILE} there (not a compare.py work folder).")
+        out, stored = args.out, json.loads((work / RUN_FILE).read_text())
+        args = ap.parse_args(stored["argv"])
+        args.out, args.report_from, args.date = out or args.out, work, datetime.date.fromisoformat(stored["date"])
+    else:
+        args.date = datetime.date.today()
     if args.together < 1:
         raise SystemExit("--together must be at least 1.")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
     pair = resolve_pair(args)
     args.block = validate_draft(str(args.draft), str(args.target)).block_size
-    args.out = args.out or ROOT / "bench" / "results" / f"serving-{args.device}-{pair}-{datetime.date.today()}.md"
-    work = Path(tempfile.mkdtemp(prefix="sgl_dflash_serving_"))
+    args.out = args.out or ROOT / "bench" / "results" / f"serving-{args.device}-{pair}-{args.date}.md"
+    if work is None:
+        work = Path(tempfile.mkdtemp(prefix="sgl_dflash_serving_"))
+        (work / RUN_FILE).write_text(json.dumps({"argv": sys.argv[1:], "date": args.date.isoformat()}))
+        write_dataset(args, work / "heldout.jsonl")
+        say(f"{pair} pair: target {args.target}, draft {args.draft}; logs and raw results in {work}")
+        runs = run_all(args, args.modes, work / "heldout.jsonl", work)
+    else:
+        runs = load_runs(args, args.modes, work)
     dataset = work / "heldout.jsonl"
-    write_dataset(args, dataset)
-    say(f"{pair} pair: target {args.target}, draft {args.draft}; logs and raw results in {work}")
-
-    runs = run_all(args, args.modes, dataset, work)
     command = "python -m sglang.bench_serving " + shlex.join(
         bench_argv(args, "http://HOST:PORT", dataset, args.concurrency[0], Path("OUT.jsonl")))
     lines = report(args, pair, args.modes, runs, command)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text("\n".join(lines) + "\n")
-    plot(args, args.modes, runs, f"{pair} pair, {args.device} ({device_name(args.device)}), {datetime.date.today()}",
+    plot(args, args.modes, runs, f"{pair} pair, {args.device} ({device_name(args.device)}), {args.date}",
          args.out.with_suffix(".png"))
     print("\n".join(lines))
     print(f"\nwrote {args.out} and {args.out.with_suffix('.png')}")
