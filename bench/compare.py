@@ -72,7 +72,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from unittest import mock
 
-from goals import goal_lines, judge, noise_band, paired_ratio
+from goals import goal_lines, judge, median_range, noise_band, paired_ratio
 from schedule import groups, level_order, round_groups, side_by_side
 from transformers import AutoTokenizer
 
@@ -223,10 +223,6 @@ def start(args: argparse.Namespace, mode: Mode, log: Path) -> Server:
     extra = ("--decode-log-interval", "1", *mode.extra)
     return Server(args.target, log, device=args.device, env=env, extra=extra,
                   max_total_tokens=max(8192, max(args.concurrency) * longest), **spec).wait_ready()
-
-
-def median_range(values: list[float]) -> tuple[float, float, float]:
-    return statistics.median(values), min(values), max(values)
 
 
 def same_outputs(runs: dict, mode: Mode, plain: Mode, c: int) -> str:
@@ -400,13 +396,15 @@ def run_all(args: argparse.Namespace, modes: list[Mode], dataset: Path, work: Pa
     return runs
 
 
+def raw_path(work: Path, m: Mode, r: int, c: int, suffix: str) -> Path:
+    """A level's raw result in the work folder: .jsonl (bench_serving's) or .timing.json (step timing)."""
+    return work / f"{slug(m)}-r{r}-c{c}{suffix}"
+
+
 def load_runs(args: argparse.Namespace, modes: list[Mode], work: Path) -> dict:
     """The runs of an earlier run from its work folder: every round whose levels all completed."""
-    def path(m: Mode, r: int, c: int) -> Path:
-        return work / f"{slug(m)}-r{r}-c{c}.jsonl"
-
     complete = [r for r in range(args.rounds)
-                if all(path(m, r, c).is_file() for m in modes for c in args.concurrency)]
+                if all(raw_path(work, m, r, c, ".jsonl").is_file() for m in modes for c in args.concurrency)]
     if not complete:
         raise SystemExit(f"--report-from {work}: no round has results for every mode and concurrency.")
     if len(complete) < args.rounds:
@@ -417,9 +415,9 @@ def load_runs(args: argparse.Namespace, modes: list[Mode], work: Path) -> dict:
         for c in args.concurrency:
             runs[m.label, c] = []
             for r in complete:
-                timing = path(m, r, c).with_suffix(".timing.json")
+                timing = raw_path(work, m, r, c, ".timing.json")
                 runs[m.label, c].append(Run(
-                    json.loads(path(m, r, c).read_text().splitlines()[-1]),
+                    json.loads(raw_path(work, m, r, c, ".jsonl").read_text().splitlines()[-1]),
                     [tuple(t) for t in json.loads(timing.read_text())] if timing.is_file() else [],
                 ))
     return runs
@@ -432,9 +430,9 @@ def slug(mode: Mode) -> str:
 def run_one(args: argparse.Namespace, m: Mode, server: Server, c: int, r: int, dataset: Path, work: Path,
             runs: dict) -> None:
     """One level on one server, recorded in runs and reported on the console."""
-    argv = bench_argv(args, server.url, dataset, c, work / f"{slug(m)}-r{r}-c{c}.jsonl")
+    argv = bench_argv(args, server.url, dataset, c, raw_path(work, m, r, c, ".jsonl"))
     run = run_level(server, argv, work / f"{slug(m)}-r{r}.bench.log")
-    (work / f"{slug(m)}-r{r}-c{c}.timing.json").write_text(json.dumps(run.step_timing))
+    raw_path(work, m, r, c, ".timing.json").write_text(json.dumps(run.step_timing))
     runs[m.label, c].append(run)
     res = run.result
     accept = f"{res['accept_length']:.2f}" if res.get("accept_length") else "-"
@@ -492,12 +490,13 @@ def main() -> None:
     if work is None:
         work = Path(tempfile.mkdtemp(prefix="sgl_dflash_serving_"))
         (work / RUN_FILE).write_text(json.dumps({"argv": sys.argv[1:], "date": args.date.isoformat()}))
-        write_dataset(args, work / "heldout.jsonl")
+    dataset = work / "heldout.jsonl"
+    if args.report_from is None:
+        write_dataset(args, dataset)
         say(f"{pair} pair: target {args.target}, draft {args.draft}; logs and raw results in {work}")
-        runs = run_all(args, args.modes, work / "heldout.jsonl", work)
+        runs = run_all(args, args.modes, dataset, work)
     else:
         runs = load_runs(args, args.modes, work)
-    dataset = work / "heldout.jsonl"
     command = "python -m sglang.bench_serving " + shlex.join(
         bench_argv(args, "http://HOST:PORT", dataset, args.concurrency[0], Path("OUT.jsonl")))
     lines = report(args, pair, args.modes, runs, command)

@@ -49,12 +49,15 @@ def noise_band(med: Medians, plain: str, control: str, levels: list[int]) -> flo
     return max(abs(1.0 - med[control, c] / med[plain, c]) for c in levels)
 
 
+def median_range(values: list[float]) -> tuple[float, float, float]:
+    return statistics.median(values), min(values), max(values)
+
+
 def paired_ratio(num: list[float], den: list[float]) -> tuple[float, float, float]:
     """Median, min and max over rounds of num / den (both in round order)."""
     if len(num) != len(den) or not num:
         raise ValueError(f"paired ratio needs the same rounds on both sides, got {len(num)} and {len(den)}")
-    ratios = [n / d for n, d in zip(num, den)]
-    return statistics.median(ratios), min(ratios), max(ratios)
+    return median_range([n / d for n, d in zip(num, den)])
 
 
 def judge(med: Medians, levels: list[int], plain: str, adaptive: str, fixed: list[str],
