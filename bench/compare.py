@@ -471,8 +471,8 @@ def main() -> None:
     ap.add_argument("--report-from", type=Path, metavar="WORK",
                     help="report an earlier run again from its work folder (its command line and raw results)")
     args = ap.parse_args()
-    work = args.report_from
-    if work is not None:
+    if args.report_from is not None:
+        work = args.report_from
         if not (work / RUN_FILE).is_file():
             raise SystemExit(f"--report-from {work}: no {RUN_FILE} there (not a compare.py work folder).")
         out, stored = args.out, json.loads((work / RUN_FILE).read_text())
@@ -487,16 +487,16 @@ def main() -> None:
     pair = resolve_pair(args)
     args.block = validate_draft(str(args.draft), str(args.target)).block_size
     args.out = args.out or ROOT / "bench" / "results" / f"serving-{args.device}-{pair}-{args.date}.md"
-    if work is None:
+    if args.report_from is None:
         work = Path(tempfile.mkdtemp(prefix="sgl_dflash_serving_"))
         (work / RUN_FILE).write_text(json.dumps({"argv": sys.argv[1:], "date": args.date.isoformat()}))
-    dataset = work / "heldout.jsonl"
-    if args.report_from is None:
-        write_dataset(args, dataset)
+        write_dataset(args, work / "heldout.jsonl")
         say(f"{pair} pair: target {args.target}, draft {args.draft}; logs and raw results in {work}")
-        runs = run_all(args, args.modes, dataset, work)
+        runs = run_all(args, args.modes, work / "heldout.jsonl", work)
     else:
+        work = args.report_from
         runs = load_runs(args, args.modes, work)
+    dataset = work / "heldout.jsonl"
     command = "python -m sglang.bench_serving " + shlex.join(
         bench_argv(args, "http://HOST:PORT", dataset, args.concurrency[0], Path("OUT.jsonl")))
     lines = report(args, pair, args.modes, runs, command)
