@@ -78,7 +78,7 @@ from transformers import AutoTokenizer
 
 from sgl_dflash.draft_checkpoint import validate_draft
 from sgl_dflash.inflate import DEFAULT_DEPTH, DEFAULT_WIDTH, factor_type, inflate_pair, param_count
-from sgl_dflash.launcher import Server
+from sgl_dflash.launcher import Server, stop_all
 from sgl_dflash.training.corpus import heldout_prompts
 
 START = time.perf_counter()
@@ -391,8 +391,7 @@ def run_all(args: argparse.Namespace, modes: list[Mode], dataset: Path, work: Pa
                     for m in level_order(group, r, i):
                         run_one(args, m, servers[m.label], c, r, dataset, work, runs)
             finally:
-                for server in servers.values():
-                    server.stop()
+                stop_all(servers.values())
     return runs
 
 

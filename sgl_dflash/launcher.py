@@ -10,7 +10,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterable, Optional
 
 import requests
 
@@ -118,17 +118,26 @@ class Server:
         return r.json()
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
-        self._log.close()
+        stop_all([self])
 
     def __enter__(self) -> "Server":
         return self.wait_ready()
 
     def __exit__(self, *exc: Any) -> None:
         self.stop()
+
+
+def stop_all(servers: Iterable[Server]) -> None:
+    """Stop servers together: each takes seconds to shut down, so all are signalled before any wait."""
+    servers = list(servers)
+    running = [s for s in servers if s.proc.poll() is None]
+    for s in running:
+        os.killpg(s.proc.pid, signal.SIGTERM)
+    for s in running:
+        try:
+            s.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(s.proc.pid, signal.SIGKILL)
+            s.proc.wait()
+    for s in servers:
+        s._log.close()

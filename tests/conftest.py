@@ -7,8 +7,20 @@ from pathlib import Path
 import pytest
 import torch
 
-from sgl_dflash.launcher import Server
+from sgl_dflash.launcher import Server, stop_all
 from sgl_dflash.tiny_models import make_pair
+
+ASSETS = Path(__file__).resolve().parent.parent / "sgl_dflash" / "assets"
+SHIPPED_TARGET, SHIPPED_DRAFT = ASSETS / "tiny-target", ASSETS / "tiny-draft"
+# Plain decoding is the reference without overlap scheduling (with it SGLang's plain decoding
+# applies penalties one token late); every server takes custom logit processors.
+SHIPPED_COMMON = ("--enable-custom-logit-processor",)
+SHIPPED = {
+    "plain": {"model": SHIPPED_TARGET, "extra": SHIPPED_COMMON + ("--disable-overlap-schedule",)},
+    "chain": {"model": SHIPPED_TARGET, "draft": SHIPPED_DRAFT, "block_size": 16, "extra": SHIPPED_COMMON},
+    "tree k4 n32": {"model": SHIPPED_TARGET, "draft": SHIPPED_DRAFT, "block_size": 32,
+                    "extra": SHIPPED_COMMON + ("--speculative-eagle-topk", "4")},
+}
 
 
 @pytest.fixture(scope="session")
@@ -60,5 +72,28 @@ def start_servers(tmp_path_factory):
         return [s.wait_ready() for s in servers]
 
     yield start
-    for s in started:
-        s.stop()
+    stop_all(started)
+
+
+@pytest.fixture(scope="session")
+def shipped_servers(tmp_path_factory):
+    """The shipped pair's SHIPPED servers by name, started once for every module that uses them.
+
+    Server starts dominate the suite's time; these modules run last (see
+    pytest_collection_modifyitems), so the shared servers never sit idle, holding memory, beside
+    other modules' servers.
+    """
+    logs = tmp_path_factory.mktemp("shipped_logs")
+    servers = {
+        name: Server(log_path=logs / f"{name.replace(' ', '_')}.log", **spec) for name, spec in SHIPPED.items()
+    }
+    try:
+        yield {name: s.wait_ready() for name, s in servers.items()}
+    finally:
+        stop_all(servers.values())
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Modules on the shared shipped-pair servers run last, in their usual order."""
+    users = {item.module for item in items if "shipped_servers" in getattr(item, "fixturenames", ())}
+    items.sort(key=lambda item: getattr(item, "module", None) in users)

@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -62,22 +63,38 @@ def cases(target: Path, draft: Path, tmp: Path) -> dict[str, tuple[list[str], st
     }
 
 
-def launch(target: Path, extra: list[str]) -> subprocess.CompletedProcess:
-    cmd = server_command(target, free_port()) + ["--speculative-algorithm", "SGL_DFLASH"] + extra
-    return subprocess.run(
-        cmd, env={**os.environ, **CPU_ENV}, capture_output=True, text=True, timeout=300
-    )
+def command(target: Path, extra: list[str]) -> list[str]:
+    return server_command(target, free_port()) + ["--speculative-algorithm", "SGL_DFLASH"] + extra
+
+
+def run(cmd: list[str]) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, env={**os.environ, **CPU_ENV}, capture_output=True, text=True, timeout=300)
+
+
+# Launched for real: the command exits with the error. Every case (these too) is also resolved in
+# one process by resolve_launch.py, SGLang's own argument path without a start per case.
+REAL_LAUNCHES = ("missing_draft_dir", "cpu_bf16")
 
 
 def test_bad_launches_fail_fast_with_clear_errors(tiny_pair, tmp_path):
     target, draft = tiny_pair("random")
     table = cases(target, draft, tmp_path)
-    with ThreadPoolExecutor(2) as pool:
-        results = dict(zip(table, pool.map(lambda c: launch(target, c[0]), table.values())))
+    argv = {name: command(target, extra)[3:] for name, (extra, _) in table.items()}  # after launch_server
+    (tmp_path / "cases.json").write_text(json.dumps(argv))
+    resolver = [sys.executable, str(Path(__file__).parent / "resolve_launch.py"),
+                str(tmp_path / "cases.json"), str(tmp_path / "errors.json")]
+    with ThreadPoolExecutor(len(REAL_LAUNCHES) + 1) as pool:
+        resolving = pool.submit(run, resolver)
+        launched = dict(zip(REAL_LAUNCHES, pool.map(lambda name: run(command(target, table[name][0])), REAL_LAUNCHES)))
+        resolved = resolving.result()
+    assert resolved.returncode == 0, resolved.stderr[-3000:]
+    errors = json.loads((tmp_path / "errors.json").read_text())
     for name, (_, expected) in table.items():
-        res = results[name]
+        assert errors[name] is not None, f"{name}: resolved without an error"
+        assert expected in errors[name], f"{name}: {errors[name]}"
+    for name, res in launched.items():
         assert res.returncode != 0, f"{name}: server started"
-        assert expected in res.stdout + res.stderr, f"{name}:\n{(res.stdout + res.stderr)[-2000:]}"
+        assert table[name][1] in res.stdout + res.stderr, f"{name}:\n{(res.stdout + res.stderr)[-2000:]}"
 
 
 def test_validate_draft_resolves_block_size_from_checkpoint(tiny_pair):
@@ -91,8 +108,6 @@ def test_validate_draft_resolves_block_size_from_checkpoint(tiny_pair):
 
 # --- Bad requests on a running server ---------------------------------------
 
-ASSETS = Path(__file__).resolve().parent.parent / "sgl_dflash" / "assets"
-TARGET, DRAFT = ASSETS / "tiny-target", ASSETS / "tiny-draft"  # vocab 1024, context 2048
 HELLO = {"text": "Hello world", "sampling_params": {"max_new_tokens": 8}}
 NORMAL = {"text": "The server still works", "sampling_params": {"max_new_tokens": 8, "temperature": 0}}
 KINDS = ("plain", "sgl_dflash")
@@ -240,9 +255,9 @@ PROBES: dict[str, Probe] = {
 
 
 @pytest.fixture(scope="module")
-def servers(start_servers) -> dict[str, Server]:
-    plain, spec = start_servers({"model": TARGET}, {"model": TARGET, "draft": DRAFT, "block_size": 16})
-    return {"plain": plain, "sgl_dflash": spec}
+def servers(shipped_servers) -> dict[str, Server]:
+    """The shipped pair (vocab 1024, context 2048), plain and the chain of 16."""
+    return {"plain": shipped_servers["plain"], "sgl_dflash": shipped_servers["chain"]}
 
 
 @pytest.fixture(scope="module")

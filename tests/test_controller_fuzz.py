@@ -35,7 +35,7 @@ WAVES = (1, 2, 8, 32)  # concurrency of each burst
 
 
 @pytest.fixture(scope="module")
-def servers(start_servers, tmp_path_factory):
+def servers(shipped_servers, start_servers, tmp_path_factory):
     knobs = tmp_path_factory.mktemp("controller")
     specs = {}
     for policy in ("rate", "cycle"):
@@ -45,8 +45,8 @@ def servers(start_servers, tmp_path_factory):
         specs[policy] = {"model": TARGET, "draft": DRAFT, "extra": (
             "--speculative-eagle-topk", "4", "--speculative-num-draft-tokens", "32",
             "--speculative-adaptive", "--speculative-adaptive-config", str(path), "--enable-metrics")}
-    plain, rate, cycle = start_servers({"model": TARGET}, specs["rate"], specs["cycle"])
-    return plain, {"rate": rate, "cycle": cycle}
+    rate, cycle = start_servers(specs["rate"], specs["cycle"])
+    return shipped_servers["plain"], {"rate": rate, "cycle": cycle}
 
 
 def fuzz_requests(seed: int) -> list[dict]:

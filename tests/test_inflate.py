@@ -83,10 +83,10 @@ def test_same_drafts_in_reference_decoder(models):
     assert speculative_decode(t1, propose1, prompts[0], 32, d1.block_size) == ref
 
 
-def test_same_greedy_tokens_in_server(twin, start_servers):
+def test_same_greedy_tokens_in_server(twin, shipped_servers, start_servers):
     from transformers import AutoTokenizer
 
-    original, inflated = start_servers({"model": TARGET}, {"model": twin[0]})
+    original, (inflated,) = shipped_servers["plain"], start_servers({"model": twin[0]})
     prompts = heldout_prompts(AutoTokenizer.from_pretrained(TARGET), 8, 48, seed=9)
     outs = [s.generate(prompts, max_new_tokens=32, temperature=0, ignore_eos=True) for s in (original, inflated)]
     assert [o["output_ids"] for o in outs[1]] == [o["output_ids"] for o in outs[0]]

@@ -3,10 +3,11 @@
 Shipped tiny pair, greedy, held-out prompts; cases in request_surface.py
 (penalties, min_new_tokens, logit bias, stops with and without trimming,
 ignore_eos, n > 1, logprobs, regex / JSON schema / EBNF, a custom logit
-processor, OpenAI streaming). The reference is plain decoding with
-``--disable-overlap-schedule``: with overlap scheduling SGLang's plain
-decoding applies penalties one token late (it counts the prompt's last token
-and misses the newest output), which SGL_DFLASH does not reproduce.
+processor, OpenAI streaming), on conftest's shared SHIPPED servers. The
+reference is plain decoding with ``--disable-overlap-schedule``: with overlap
+scheduling SGLang's plain decoding applies penalties one token late (it
+counts the prompt's last token and misses the newest output), which
+SGL_DFLASH does not reproduce.
 """
 
 from __future__ import annotations
@@ -20,19 +21,13 @@ from transformers import AutoTokenizer
 from sgl_dflash.training.corpus import heldout_prompts
 
 ASSETS = Path(__file__).resolve().parent.parent / "sgl_dflash" / "assets"
-TARGET, DRAFT = ASSETS / "tiny-target", ASSETS / "tiny-draft"
-COMMON = ("--enable-custom-logit-processor",)
-SPEC = {"chain": ("--speculative-num-draft-tokens", "16"),
-        "tree k4 n32": ("--speculative-eagle-topk", "4", "--speculative-num-draft-tokens", "32")}
+TARGET = ASSETS / "tiny-target"
+SPEC = ("chain", "tree k4 n32")  # conftest's SHIPPED servers
 
 
 @pytest.fixture(scope="module")
-def servers(start_servers):
-    plain, *spec = start_servers(
-        {"model": TARGET, "extra": COMMON + ("--disable-overlap-schedule",)},
-        *({"model": TARGET, "draft": DRAFT, "extra": COMMON + args} for args in SPEC.values()),
-    )
-    return plain, dict(zip(SPEC, spec))
+def servers(shipped_servers):
+    return shipped_servers["plain"], {name: shipped_servers[name] for name in SPEC}
 
 
 @pytest.fixture(scope="module")

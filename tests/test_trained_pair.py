@@ -25,14 +25,12 @@ TARGET, DRAFT = ASSETS / "tiny-target", ASSETS / "tiny-draft"
 MAX_NEW = 40
 
 
-SETTINGS = {"chain": (1, 16), "tree k4 n32": (4, 32)}
+SETTINGS = {"chain": (1, 16), "tree k4 n32": (4, 32)}  # conftest's SHIPPED servers: (top-k, nodes)
 
 
 @pytest.fixture(scope="module")
-def servers(start_servers):
-    specs = [{"model": TARGET, "draft": DRAFT, "block_size": n, "extra": ("--speculative-eagle-topk", str(k))}
-             for k, n in SETTINGS.values()]
-    return dict(zip(SETTINGS, start_servers(*specs)))
+def servers(shipped_servers):
+    return {name: shipped_servers[name] for name in SETTINGS}
 
 
 @pytest.fixture(scope="module", params=list(SETTINGS))

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from transformers import AutoTokenizer
 
-from sgl_dflash.launcher import Server
+from sgl_dflash.launcher import Server, stop_all
 from sgl_dflash.training.corpus import heldout_prompts
 
 ASSETS = Path(__file__).resolve().parents[2] / "sgl_dflash" / "assets"
@@ -37,8 +37,7 @@ def servers(tmp_path_factory):
         started[name] = Server(TARGET, logs / f"{name}.log", device="cuda", draft=DRAFT, block_size=n,
                                extra=GPU_ARGS + ("--speculative-eagle-topk", str(k), *extra)).wait_ready()
     yield started
-    for s in started.values():
-        s.stop()
+    stop_all(started.values())
 
 
 @pytest.fixture(scope="module")
