@@ -67,6 +67,11 @@ def command(target: Path, extra: list[str]) -> list[str]:
     return server_command(target, free_port()) + ["--speculative-algorithm", "SGL_DFLASH"] + extra
 
 
+def launch_args(cmd: list[str]) -> list[str]:
+    """The arguments after ``-m sglang.launch_server``."""
+    return cmd[cmd.index("sglang.launch_server") + 1:]
+
+
 def run(cmd: list[str]) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, env={**os.environ, **CPU_ENV}, capture_output=True, text=True, timeout=300)
 
@@ -79,7 +84,7 @@ REAL_LAUNCHES = ("missing_draft_dir", "cpu_bf16")
 def test_bad_launches_fail_fast_with_clear_errors(tiny_pair, tmp_path):
     target, draft = tiny_pair("random")
     table = cases(target, draft, tmp_path)
-    argv = {name: command(target, extra)[3:] for name, (extra, _) in table.items()}  # after launch_server
+    argv = {name: launch_args(command(target, extra)) for name, (extra, _) in table.items()}
     (tmp_path / "cases.json").write_text(json.dumps(argv))
     resolver = [sys.executable, str(Path(__file__).parent / "resolve_launch.py"),
                 str(tmp_path / "cases.json"), str(tmp_path / "errors.json")]
