@@ -60,6 +60,13 @@ def tiny_pair(model_dir):
     return get
 
 
+def _launch(logs: Path, specs: dict[str, dict], started: list[Server]) -> dict[str, Server]:
+    """Start every spec's server at once (they load in parallel), then wait for each to be ready."""
+    servers = {name: Server(log_path=logs / f"{name.replace(' ', '_')}.log", **spec) for name, spec in specs.items()}
+    started.extend(servers.values())
+    return {name: s.wait_ready() for name, s in servers.items()}
+
+
 @pytest.fixture(scope="module")
 def start_servers(tmp_path_factory):
     """start_servers(*kwargs_dicts) -> started Servers (in parallel), stopped after the module."""
@@ -67,9 +74,7 @@ def start_servers(tmp_path_factory):
 
     def start(*specs: dict) -> list[Server]:
         logs = tmp_path_factory.mktemp("logs")
-        servers = [Server(log_path=logs / f"server{i}.log", **spec) for i, spec in enumerate(specs)]
-        started.extend(servers)
-        return [s.wait_ready() for s in servers]
+        return list(_launch(logs, {f"server{i}": spec for i, spec in enumerate(specs)}, started).values())
 
     yield start
     stop_all(started)
@@ -83,14 +88,11 @@ def shipped_servers(tmp_path_factory):
     pytest_collection_modifyitems), so the shared servers never sit idle, holding memory, beside
     other modules' servers.
     """
-    logs = tmp_path_factory.mktemp("shipped_logs")
-    servers = {
-        name: Server(log_path=logs / f"{name.replace(' ', '_')}.log", **spec) for name, spec in SHIPPED.items()
-    }
+    started: list[Server] = []
     try:
-        yield {name: s.wait_ready() for name, s in servers.items()}
+        yield _launch(tmp_path_factory.mktemp("shipped_logs"), SHIPPED, started)
     finally:
-        stop_all(servers.values())
+        stop_all(started)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
