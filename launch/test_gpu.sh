@@ -5,8 +5,9 @@
 #
 # --bare: for a GPU machine that cannot install SGLang (no package registry; this
 # workplace's lent machines have torch and triton only): the Triton kernels on the
-# GPU against their references with the machine's python3, then the step-cost table
-# of a Llama-3-8B-shaped target (bench/gpu_step_cost.py). FlashInfer and the servers
+# GPU against their references with the machine's python3, FlashInfer's attention with
+# the tree mask where .gpu/site.tar.gz was carried (launch/pack_flashinfer.sh), then the
+# step-cost table of a Llama-3-8B-shaped target (bench/gpu_step_cost.py). The servers
 # need SGLang's stack and are skipped.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,6 +18,11 @@ if [ "${1:-}" = "--bare" ]; then
   pkg="$(mktemp -d)"
   cp -r sgl_dflash "$pkg/" && rm -rf "$pkg/sgl_dflash/kernels" && cp -r kernels "$pkg/sgl_dflash/kernels"
   export PYTHONPATH="$pkg"
+  if [ -f .gpu/site.tar.gz ]; then
+    mkdir "$pkg/site" && tar xzf .gpu/site.tar.gz -C "$pkg/site"
+    # tvm-ffi would otherwise compile an optional torch extension at import.
+    export PYTHONPATH="$pkg:$pkg/site" TVM_FFI_DISABLE_TORCH_C_DLPACK=1
+  fi
   python3 -P -m pytest tests/gpu/test_kernels_cuda.py --noconftest -p no:cacheprovider -q "$@"
   for context in 1024 4096; do python3 bench/gpu_step_cost.py --context "$context"; done
   exit

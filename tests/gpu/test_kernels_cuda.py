@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from sgl_dflash.kernels.tree_accept import tree_accept_torch, tree_accept_triton
 from sgl_dflash.kernels.tree_build import build_tree_torch, build_tree_triton
 from sgl_dflash.tree import make_tree
-from sgl_dflash.tree_mask import tree_custom_mask
+from sgl_dflash.tree_mask import verify_mask
 
 
 def test_tree_kernels_on_cuda_match_references():
@@ -34,39 +34,104 @@ def test_tree_kernels_on_cuda_match_references():
         assert torch.equal(ref[0], got[0]) and torch.equal(ref[1], got[1])
 
 
-def test_flashinfer_tree_mask_matches_dense_attention():
-    flashinfer = pytest.importorskip("flashinfer")  # absent in `launch/test_gpu.sh --bare`
+HQ, HK, D = 8, 2, 64  # query heads, KV heads (GQA), head dim
 
-    gen = torch.Generator(device="cuda").manual_seed(1)
-    prefix_lens, n, hq, hk, d = [5, 0, 37], 16, 8, 2, 64
-    probs, ids = torch.randn(3, 15, 100, device="cuda", generator=gen).softmax(-1).topk(4, dim=-1)
-    tree = make_tree(torch.zeros(3, dtype=torch.long, device="cuda"), ids, probs, n,
-                     torch.tensor(prefix_lens, device="cuda"))
-    kv_lens = [p + n for p in prefix_lens]
-    total = sum(n * k for k in kv_lens)
-    mask = tree_custom_mask(tree, torch.tensor(prefix_lens, device="cuda"), total)
 
-    pool_k = torch.randn(sum(kv_lens), 1, hk, d, device="cuda", dtype=torch.float16, generator=gen)
-    pool_v = torch.randn_like(pool_k)
-    q = torch.randn(3 * n, hq, d, device="cuda", dtype=torch.float16, generator=gen)
-    kv_indptr = torch.tensor([0, *torch.tensor(kv_lens).cumsum(0).tolist()], dtype=torch.int32, device="cuda")
-    qo_indptr = torch.arange(0, 3 * n + 1, n, dtype=torch.int32, device="cuda")
-    wrapper = flashinfer.BatchPrefillWithPagedKVCacheWrapper(
-        torch.empty(128 * 1024 * 1024, dtype=torch.uint8, device="cuda"), "NHD"
-    )
-    wrapper.plan(qo_indptr, kv_indptr, torch.arange(sum(kv_lens), dtype=torch.int32, device="cuda"),
-                 torch.ones(3, dtype=torch.int32, device="cuda"), hq, hk, d, 1,
-                 custom_mask=mask, q_data_type=torch.float16, kv_data_type=torch.float16)
-    out = wrapper.run(q, (pool_k, pool_v))
+def _tree_mask(gen: torch.Generator, topk: int, n: int, prefix_lens: list[int]) -> torch.Tensor:
+    """The flat verify mask the worker hands SGLang for a random draft tree."""
+    bs = len(prefix_lens)
+    probs, ids = torch.randn(bs, 15, 100, device="cuda", generator=gen).softmax(-1).topk(topk, dim=-1)
+    prefix = torch.tensor(prefix_lens, device="cuda")
+    tree = make_tree(torch.zeros(bs, dtype=torch.long, device="cuda"), ids, probs, n, prefix)
+    mask = verify_mask(tree, topk, prefix, sum(prefix_lens))
+    assert mask is not None
+    return mask
 
+
+def _indptrs(n: int, prefix_lens: list[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """qo_indptr [bs + 1], kv_indptr [bs + 1], kv_indices [sum kv]: page size 1, KV laid out in order."""
+    kv_lens = torch.tensor(prefix_lens) + n
+    kv_indptr = torch.cat([torch.zeros(1, dtype=torch.long), kv_lens.cumsum(0)])
+    qo_indptr = torch.arange(0, len(prefix_lens) * n + 1, n)
+    return (qo_indptr.int().cuda(), kv_indptr.int().cuda(),
+            torch.arange(int(kv_indptr[-1]), dtype=torch.int32, device="cuda"))
+
+
+def _plan(wrapper, n: int, prefix_lens: list[int], mask: torch.Tensor, dtype: torch.dtype) -> None:
+    qo_indptr, kv_indptr, kv_indices = _indptrs(n, prefix_lens)
+    wrapper.plan(qo_indptr, kv_indptr, kv_indices, torch.ones(len(prefix_lens), dtype=torch.int32, device="cuda"),
+                 HQ, HK, D, 1, custom_mask=mask, q_data_type=dtype, kv_data_type=dtype)
+
+
+def _assert_dense_equal(out, q, pool_k, pool_v, mask: torch.Tensor, n: int, prefix_lens: list[int]) -> None:
+    """out [bs * n, HQ, D] must be attention query by query over exactly the mask's keys."""
+    _, kv_indptr, _ = _indptrs(n, prefix_lens)
     start = 0
-    for b, kv in enumerate(kv_lens):
-        rows = mask[start : start + n * kv].view(n, kv)
-        start += n * kv
-        keys = pool_k[kv_indptr[b] : kv_indptr[b + 1], 0].float().repeat_interleave(hq // hk, 1)
-        vals = pool_v[kv_indptr[b] : kv_indptr[b + 1], 0].float().repeat_interleave(hq // hk, 1)
+    for b, p in enumerate(prefix_lens):
+        rows = mask[start : start + n * (p + n)].view(n, p + n)
+        start += n * (p + n)
+        keys = pool_k[kv_indptr[b] : kv_indptr[b + 1], 0].float().repeat_interleave(HQ // HK, 1)
+        vals = pool_v[kv_indptr[b] : kv_indptr[b + 1], 0].float().repeat_interleave(HQ // HK, 1)
         for i in range(n):
-            qi = q[b * n + i].float()
-            scores = torch.einsum("hd,khd->hk", qi, keys[rows[i]]) / d**0.5
+            scores = torch.einsum("hd,khd->hk", q[b * n + i].float(), keys[rows[i]]) / D**0.5
             ref = torch.einsum("hk,khd->hd", F.softmax(scores, -1), vals[rows[i]])
             torch.testing.assert_close(out[b * n + i].float(), ref, atol=2e-2, rtol=2e-2)
+
+
+@pytest.mark.parametrize("topk, n, prefix_lens", [
+    (4, 16, [5, 0, 37]),
+    (4, 32, [300, 1, 64]),   # the shipped servers' k4 n32 tree
+    (8, 64, [17, 1000]),
+    (2, 5, [0, 9, 4, 120]),  # a small controller budget
+])
+def test_flashinfer_tree_mask_matches_dense_attention(topk: int, n: int, prefix_lens: list[int]):
+    # Absent in `launch/test_gpu.sh --bare` unless carried (launch/pack_flashinfer.sh).
+    flashinfer = pytest.importorskip("flashinfer")
+    gen = torch.Generator(device="cuda").manual_seed(n)
+    mask = _tree_mask(gen, topk, n, prefix_lens)
+    pool_k = torch.randn(sum(prefix_lens) + len(prefix_lens) * n, 1, HK, D, device="cuda",
+                         dtype=torch.float16, generator=gen)
+    pool_v = torch.randn_like(pool_k)
+    q = torch.randn(len(prefix_lens) * n, HQ, D, device="cuda", dtype=torch.float16, generator=gen)
+    wrapper = flashinfer.BatchPrefillWithPagedKVCacheWrapper(
+        torch.empty(128 * 1024 * 1024, dtype=torch.uint8, device="cuda"), "NHD")
+    _plan(wrapper, n, prefix_lens, mask, torch.float16)
+    _assert_dense_equal(wrapper.run(q, (pool_k, pool_v)), q, pool_k, pool_v, mask, n, prefix_lens)
+
+
+def test_flashinfer_tree_mask_in_cuda_graph_replay():
+    """As SGLang's verify graphs use it: the wrapper's buffers are fixed, the graph is captured
+    for one tree, and each step re-plans (new mask, prefix lengths) and replays; bf16 as served."""
+    flashinfer = pytest.importorskip("flashinfer")
+    gen = torch.Generator(device="cuda").manual_seed(7)
+    topk, n, max_prefix = 4, 32, 600
+    captured, replayed = [5, 200, 37], [600, 1, 64]
+    bs, max_kv = len(captured), len(captured) * (max_prefix + n)
+    dtype = torch.bfloat16
+    wrapper = flashinfer.BatchPrefillWithPagedKVCacheWrapper(
+        torch.empty(128 * 1024 * 1024, dtype=torch.uint8, device="cuda"), "NHD", use_cuda_graph=True,
+        qo_indptr_buf=torch.empty(bs + 1, dtype=torch.int32, device="cuda"),
+        paged_kv_indptr_buf=torch.empty(bs + 1, dtype=torch.int32, device="cuda"),
+        paged_kv_indices_buf=torch.empty(max_kv, dtype=torch.int32, device="cuda"),
+        paged_kv_last_page_len_buf=torch.empty(bs, dtype=torch.int32, device="cuda"),
+        custom_mask_buf=torch.empty(n * max_kv // 8 + 8, dtype=torch.uint8, device="cuda"),
+        mask_indptr_buf=torch.empty(bs + 1, dtype=torch.int32, device="cuda"))
+    pool_k = torch.randn(max_kv, 1, HK, D, device="cuda", dtype=dtype, generator=gen)
+    pool_v = torch.randn_like(pool_k)
+    q = torch.zeros(bs * n, HQ, D, device="cuda", dtype=dtype)
+
+    _plan(wrapper, n, captured, _tree_mask(gen, topk, n, captured), dtype)
+    stream = torch.cuda.Stream()
+    with torch.cuda.stream(stream):
+        wrapper.run(q, (pool_k, pool_v))  # warm-up outside the capture
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = wrapper.run(q, (pool_k, pool_v))
+
+    for prefix_lens in (replayed, captured):
+        mask = _tree_mask(gen, topk, n, prefix_lens)
+        q.copy_(torch.randn(q.shape, device="cuda", dtype=dtype, generator=gen))
+        _plan(wrapper, n, prefix_lens, mask, dtype)
+        graph.replay()
+        _assert_dense_equal(out, q, pool_k, pool_v, mask, n, prefix_lens)
