@@ -4,7 +4,7 @@
 position's top-K tokens and probabilities (through the target's lm_head, as
 DFlash drafters have none); on GPU it runs inside the captured draft graph.
 ``make_tree`` builds the best-first tree (kernels.tree_build) and the tables
-every later stage reads.
+every later stage reads (kernels.tree_tables).
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 
 from sgl_dflash.kernels.tree_build import build_tree
+from sgl_dflash.kernels.tree_tables import tree_tables
 from sgl_dflash.step import DraftTree
 
 
@@ -66,36 +67,19 @@ def make_tree(
 ) -> DraftTree:
     """root [bs]; topk_ids/topk_probs [bs, B-1, K]; prefix_lens [bs]."""
     tokens, parents, depths, scores = build_tree(root, topk_ids, topk_probs, num_nodes)
-    max_depth = min(topk_ids.shape[1], num_nodes - 1)
-    path_table = ancestor_table(parents, depths, max_depth)
-    # j is an ancestor-or-self of i iff i's ancestor at depth(j) is j.
-    at_depth_of_j = path_table.gather(2, depths[:, None, :].expand(-1, num_nodes, -1))
-    ancestors = at_depth_of_j == torch.arange(num_nodes, device=root.device)
-    top1 = topk_ids[:, :, 0].gather(1, (depths - 1).clamp(min=0))
+    path_table, ancestors, is_top1, positions = tree_tables(
+        tokens, parents, depths, topk_ids[:, :, 0], prefix_lens, min(topk_ids.shape[1], num_nodes - 1)
+    )
     return DraftTree(
         tokens=tokens,
         parents=parents,
         depths=depths,
         scores=scores,
-        is_top1=(tokens == top1) | (depths == 0),
-        positions=prefix_lens.long()[:, None] + depths,
+        is_top1=is_top1,
+        positions=positions,
         ancestors=ancestors,
         path_table=path_table,
     )
-
-
-def ancestor_table(parents: torch.Tensor, depths: torch.Tensor, max_depth: int) -> torch.Tensor:
-    """[bs, N, D+1]: node i's ancestor at each depth (itself at its own depth), -1 below i."""
-    bs, n = parents.shape
-    table = torch.full((bs, n, max_depth + 2), -1, dtype=torch.long, device=parents.device)
-    node = torch.arange(n, device=parents.device).expand(bs, n)
-    up = parents.clamp(min=0)
-    for step in range(max_depth + 1):  # walk up one level at a time
-        depth = depths - step
-        column = torch.where(depth >= 0, depth, max_depth + 1)  # the spare column absorbs the rest
-        table.scatter_(2, column[..., None], node[..., None])
-        node = up.gather(1, node)
-    return table[..., : max_depth + 1]
 
 
 def grammar_links(tree: DraftTree) -> tuple[torch.Tensor, torch.Tensor]:

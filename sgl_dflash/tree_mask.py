@@ -13,20 +13,13 @@ from typing import Optional
 
 import torch
 
+from sgl_dflash.kernels.custom_mask import custom_mask
 from sgl_dflash.step import DraftTree
 
 
 def tree_custom_mask(tree: DraftTree, prefix_lens: torch.Tensor, total: int) -> torch.Tensor:
-    """Flat bool mask of ``total = sum_b N * (prefix_len_b + N)`` entries."""
-    bs, n = tree.tokens.shape
-    device = tree.tokens.device
-    row_lens = (prefix_lens.long() + n).repeat_interleave(n)  # [bs * N] keys per query row
-    row_starts = row_lens.cumsum(0) - row_lens
-    row = torch.repeat_interleave(torch.arange(bs * n, device=device), row_lens, output_size=total)
-    col = torch.arange(total, device=device) - row_starts[row]
-    in_tree = col - prefix_lens.long().repeat_interleave(n)[row]  # key's node index, < 0 in the prefix
-    ancestors = tree.ancestors.reshape(bs * n, n)
-    return (in_tree < 0) | ancestors[row, in_tree.clamp(min=0)]
+    """Flat bool mask of ``total = sum_b N * (prefix_len_b + N)`` entries (kernels.custom_mask)."""
+    return custom_mask(tree.ancestors, prefix_lens, total)
 
 
 def verify_mask(

@@ -1,6 +1,6 @@
 """Triton kernels run under TRITON_INTERPRET=1 on CPU and match their plain-torch references.
 
-Tree build and tree accept are ours; KV compaction is our plan executed by
+Tree build, its tables, the verify mask and tree accept are ours; KV compaction is our plan executed by
 SGLang's in-place-safe all-layer copy kernel. Shapes include the adversarial
 ones: K = 1 (chains), N = 1 (root only), N > B, deep narrow and wide shallow
 trees, and probability ties (the tie-break order must agree everywhere).
@@ -111,6 +111,8 @@ sys.path.insert(0, {tests!r})
 from test_kernels import SHAPES, random_topk, random_choices
 from sgl_dflash.kernels.tree_build import build_tree_torch, build_tree_triton
 from sgl_dflash.kernels.tree_accept import tree_accept_torch, tree_accept_triton
+from sgl_dflash.kernels.tree_tables import tree_tables_torch, tree_tables_triton
+from sgl_dflash.kernels.custom_mask import custom_mask_torch, custom_mask_triton
 from sgl_dflash.commit import compaction_plan
 from sgl_dflash.tree import make_tree
 from sglang.kernels.ops.kvcache.cache_move import copy_all_layer_kv_cache_tiled
@@ -120,9 +122,18 @@ gen = torch.Generator().manual_seed(2)
 for positions, k, n in SHAPES:
     for ties in (False, True):
         root, ids, probs = random_topk(3, positions, k, gen, ties)
-        for ref, got in zip(build_tree_torch(root, ids, probs, n), build_tree_triton(root, ids, probs, n)):
+        built = build_tree_torch(root, ids, probs, n)
+        for ref, got in zip(built, build_tree_triton(root, ids, probs, n)):
             assert torch.equal(ref, got), ("build", positions, k, n, ties)
+        prefix, depth = torch.tensor([0, 5, 1030]), min(positions, n - 1)
+        for ref, got in zip(tree_tables_torch(*built[:3], ids[:, :, 0], prefix, depth),
+                            tree_tables_triton(*built[:3], ids[:, :, 0], prefix, depth)):
+            assert torch.equal(ref, got), ("tables", positions, k, n, ties)
         tree = make_tree(root, ids, probs, n, torch.tensor([0, 5, 9]))
+        for view in (tree, tree.prefix(max(1, n // 2))):  # a controller budget's tree is a view
+            total = sum(view.num_nodes * (p + view.num_nodes) for p in prefix.tolist())
+            assert torch.equal(custom_mask_torch(view.ancestors, prefix, total),
+                               custom_mask_triton(view.ancestors, prefix, total)), ("mask", positions, k, n)
         choices = random_choices(tree, gen)
         ref = tree_accept_torch(tree.tokens, tree.parents, tree.depths, choices, tree.ancestors, tree.path_table)
         got = tree_accept_triton(tree.tokens, tree.parents, choices, tree.max_depth)

@@ -12,8 +12,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from sgl_dflash.kernels.custom_mask import custom_mask_torch, custom_mask_triton
 from sgl_dflash.kernels.tree_accept import tree_accept_torch, tree_accept_triton
 from sgl_dflash.kernels.tree_build import build_tree_torch, build_tree_triton
+from sgl_dflash.kernels.tree_tables import tree_tables_torch, tree_tables_triton
 from sgl_dflash.tree import make_tree
 from sgl_dflash.tree_mask import verify_mask
 
@@ -24,9 +26,19 @@ def test_tree_kernels_on_cuda_match_references():
         logits = torch.randn(33, positions, 500, device="cuda", generator=gen)
         probs, ids = logits.softmax(-1).topk(k, dim=-1)
         root = torch.randint(0, 500, (33,), device="cuda", generator=gen)
-        for ref, got in zip(build_tree_torch(root, ids, probs, n), build_tree_triton(root, ids, probs, n)):
+        built = build_tree_torch(root, ids, probs, n)
+        for ref, got in zip(built, build_tree_triton(root, ids, probs, n)):
             assert torch.equal(ref, got), (positions, k, n)
-        tree = make_tree(root, ids, probs, n, torch.zeros(33, dtype=torch.long, device="cuda"))
+        prefix = torch.randint(0, 3000, (33,), device="cuda", generator=gen)
+        depth = min(positions, n - 1)
+        for ref, got in zip(tree_tables_torch(*built[:3], ids[:, :, 0], prefix, depth),
+                            tree_tables_triton(*built[:3], ids[:, :, 0], prefix, depth)):
+            assert torch.equal(ref, got), ("tables", positions, k, n)
+        tree = make_tree(root, ids, probs, n, prefix)  # the Triton tables on CUDA
+        for view in (tree, tree.prefix(max(1, n // 2))):
+            total = view.num_nodes * (int(prefix.sum()) + 33 * view.num_nodes)
+            assert torch.equal(custom_mask_torch(view.ancestors, prefix, total),
+                               custom_mask_triton(view.ancestors, prefix, total)), ("mask", positions, k, n)
         choices = torch.where(torch.rand(33, n, device="cuda", generator=gen) < 0.8,
                               tree.tokens.roll(-1, dims=1), 0)
         ref = tree_accept_torch(tree.tokens, tree.parents, tree.depths, choices, tree.ancestors, tree.path_table)
