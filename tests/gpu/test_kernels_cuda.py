@@ -16,7 +16,7 @@ from sgl_dflash.kernels.custom_mask import custom_mask_torch, custom_mask_triton
 from sgl_dflash.kernels.tree_accept import tree_accept_torch, tree_accept_triton
 from sgl_dflash.kernels.tree_build import build_tree_torch, build_tree_triton
 from sgl_dflash.kernels.tree_tables import tree_tables_torch, tree_tables_triton
-from sgl_dflash.tree import make_tree
+from sgl_dflash.tree import DraftTopKHead, draft_topk, make_tree
 from sgl_dflash.tree_mask import verify_mask
 
 
@@ -44,6 +44,31 @@ def test_tree_kernels_on_cuda_match_references():
         ref = tree_accept_torch(tree.tokens, tree.parents, tree.depths, choices, tree.ancestors, tree.path_table)
         got = tree_accept_triton(tree.tokens, tree.parents, choices, tree.max_depth)
         assert torch.equal(ref[0], got[0]) and torch.equal(ref[1], got[1])
+
+
+def test_draft_topk_head_in_cuda_graph_matches_eager():
+    """The draft graph's top-K head (captured with the draft pass on GPU): replayed with new
+    hidden states, its fixed buffers hold what the eager computation gives; 80 requests of
+    block 16 take two chunks of rows."""
+    gen = torch.Generator(device="cuda").manual_seed(3)
+    vocab, width, block, topk, bs = 32000, 256, 16, 4, 80
+    lm_head = torch.randn(vocab, width, device="cuda", generator=gen)
+    head = DraftTopKHead(lm_head, block, topk, max_bs=bs)
+    hidden = torch.zeros(bs * block, width, device="cuda")
+    stream = torch.cuda.Stream()
+    with torch.cuda.stream(stream):
+        head(hidden)  # warm-up outside the capture
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        head(hidden)
+    for _ in range(2):
+        hidden.copy_(torch.randn(hidden.shape, device="cuda", generator=gen))
+        graph.replay()
+        ids, probs = head.read(bs)
+        want_ids, want_probs = draft_topk(hidden.view(bs, block, width)[:, 1:].reshape(-1, width), lm_head, topk)
+        assert torch.equal(ids.reshape(-1, topk), want_ids)
+        torch.testing.assert_close(probs.reshape(-1, topk), want_probs)
 
 
 HQ, HK, D = 8, 2, 64  # query heads, KV heads (GQA), head dim
