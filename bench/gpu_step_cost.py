@@ -6,9 +6,9 @@ vocab 128256) runs one forward of `batch` requests x `nodes` query tokens over a
 KV cache of `context` tokens each, captured in a CUDA graph as SGLang's graph
 runners do. Attention is FlashAttention-2 (PyTorch's flash SDPA, split-KV for
 decode) with the query heads folded per KV head, so K and V are read once per KV
-head as FlashInfer's GQA kernels do. It attends to all context + nodes keys: a
-tree mask only changes which of the last `nodes` keys a query sees, a small
-part of the work at these contexts. The drafter is the same stack cut to `--draft-layers` layers
+head as FlashInfer's GQA kernels do. It attends to all context + nodes keys
+without a mask, i.e. the cost of a chain's (causal) verify; a tree's custom mask
+costs FlashInfer more than that (bench/gpu_mask_cost.py). The drafter is the same stack cut to `--draft-layers` layers
 running `--block` query positions (DFlash's block) plus the shared LM head.
 
 Reported per batch: milliseconds of one step for each node budget (median of

@@ -7,9 +7,10 @@
 # workplace's lent machines have torch and triton only): the Triton kernels on the
 # GPU against their references with the machine's python3, FlashInfer's attention with
 # the tree mask where .gpu/site.tar.gz was carried (launch/pack_flashinfer.sh), then the
-# step-cost table of a Llama-3-8B-shaped target (bench/gpu_step_cost.py) and what our
-# eager tree stages add per step (bench/gpu_tree_overhead.py). The servers need SGLang's
-# stack and are skipped.
+# step-cost table of a Llama-3-8B-shaped target (bench/gpu_step_cost.py), what our
+# eager tree stages add per step (bench/gpu_tree_overhead.py) and, with FlashInfer, what
+# a tree's mask adds to verify attention (bench/gpu_mask_cost.py). The servers need
+# SGLang's stack and are skipped.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
@@ -27,6 +28,7 @@ if [ "${1:-}" = "--bare" ]; then
   python3 -P -m pytest tests/gpu/test_kernels_cuda.py --noconftest -p no:cacheprovider -q "$@"
   for context in 1024 4096; do python3 bench/gpu_step_cost.py --context "$context"; done
   python3 bench/gpu_tree_overhead.py
+  if python3 -c 'import flashinfer' 2>/dev/null; then python3 bench/gpu_mask_cost.py; fi
   exit
 fi
 bash launch/setup.sh
