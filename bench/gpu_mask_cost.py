@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import statistics
 import time
 from pathlib import Path
 
 import flashinfer
 import torch
+from gpu_step_cost import device_slug, recorded_step_ms, rotated
 
 from sgl_dflash.tree import make_tree
 from sgl_dflash.tree_mask import verify_mask
@@ -76,23 +76,12 @@ class Cell:
         return begin.elapsed_time(end) / reps
 
 
-def step_ms(slug: str, context: int) -> dict[tuple[int, int], float]:
-    """t(batch, n) from the newest recorded step-cost table for this GPU and context."""
-    found = sorted((ROOT / "bench" / "results").glob(f"gpu-step-cost-{slug}-*-ctx{context}.json"))
-    if not found:
-        return {}
-    samples = json.loads(found[-1].read_text())["samples_ms"]
-    return {(b, n): statistics.median(samples[f"verify/{b}/{n}"])
-            for b in BATCHES for n in NODES if f"verify/{b}/{n}" in samples}
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--reps", type=int, default=20)
     args = parser.parse_args()
     device = torch.cuda.get_device_name()
-    slug = device.lower().replace("nvidia", "").strip().replace(" ", "-")
     gen = torch.Generator(device="cuda").manual_seed(0)
     rows = max(BATCHES) * (max(CONTEXTS) + max(NODES))
     pool_k = torch.randn(rows, 1, HK, D, device="cuda", dtype=torch.bfloat16, generator=gen)
@@ -106,8 +95,7 @@ def main() -> None:
     samples: dict[tuple, list[float]] = {}
     order = [(key, mode, what) for key in cells for mode in MODES for what in ("plan", "layer")]
     for r in range(args.rounds):
-        shift = r * len(order) // args.rounds
-        for key, mode, what in order[shift:] + order[:shift]:
+        for key, mode, what in rotated(order, r, args.rounds):
             cell = cells[key]
             ms = cell.plan_ms(mode, args.reps) if what == "plan" else cell.layer_ms(mode, args.reps)
             samples.setdefault((*key, mode, what), []).append(ms)
@@ -127,7 +115,7 @@ def main() -> None:
              f"Extra per step = tree - causal, plan + {LAYERS} layers. Median of {args.rounds} rotating rounds x "
              f"{args.reps} [range]; torch {torch.__version__}.", ""]
     for context in CONTEXTS:
-        steps = step_ms(slug, context)
+        steps, _ = recorded_step_ms(context)
         header = ("| batch | n | plan, causal | plan, tree | layer, causal | layer, tree | layer tree / causal "
                   "| extra per step (ms) |" + (" extra / step t(b, n) |" if steps else ""))
         lines += [f"## Context {context}", "", header, "|" + "---:|" * (header.count("|") - 1)]
@@ -145,7 +133,7 @@ def main() -> None:
         lines.append("")
     report = "\n".join(lines)
     print(report)
-    out = ROOT / "bench" / "results" / f"gpu-mask-cost-{slug}-{datetime.date.today()}.md"
+    out = ROOT / "bench" / "results" / f"gpu-mask-cost-{device_slug()}-{datetime.date.today()}.md"
     out.write_text(report)
     print(f"wrote {out}")
 

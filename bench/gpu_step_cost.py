@@ -120,6 +120,28 @@ def graph_ms(model: Decoder, batch: int, nodes: int, context: int, reps: int) ->
     return statistics.median(times)
 
 
+def device_slug() -> str:
+    """This GPU's name as result files spell it (e.g. "h200")."""
+    return torch.cuda.get_device_name().lower().replace("nvidia", "").strip().replace(" ", "-")
+
+
+def rotated(cells: list, r: int, rounds: int) -> list:
+    """Round r's order: the cells rotated, so a drift in the machine's speed hits every cell alike."""
+    shift = r * len(cells) // rounds
+    return cells[shift:] + cells[:shift]
+
+
+def recorded_step_ms(context: int) -> tuple[dict[tuple[int, int], float], str]:
+    """Median t(batch, n) of verify steps from the newest table recorded for this GPU at this
+    context, and that file's name; ({}, "") where none is recorded."""
+    found = sorted((ROOT / "bench" / "results").glob(f"gpu-step-cost-{device_slug()}-*-ctx{context}.json"))
+    if not found:
+        return {}, ""
+    samples = json.loads(found[-1].read_text())["samples_ms"]
+    cells = (key.split("/") for key in samples if key.startswith("verify/"))
+    return {(int(b), int(n)): statistics.median(samples[f"verify/{b}/{n}"]) for _, b, n in cells}, found[-1].name
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batches", default="1,2,4,8,16,32,64")
@@ -141,15 +163,13 @@ def main() -> None:
     cells = [("verify", b, n) for b in batches for n in nodes] + [("draft", b, args.block) for b in batches]
     samples: dict[tuple[str, int, int], list[float]] = {c: [] for c in cells}
     for r in range(args.rounds):
-        order = cells[r * len(cells) // args.rounds :] + cells[: r * len(cells) // args.rounds]
-        for kind, b, n in order:
+        for kind, b, n in rotated(cells, r, args.rounds):
             samples[(kind, b, n)].append(graph_ms(target if kind == "verify" else drafter, b, n, args.context, args.reps))
         print(f"round {r + 1}/{args.rounds} done", flush=True)
     med = {c: statistics.median(v) for c, v in samples.items()}
 
     device = torch.cuda.get_device_name()
-    slug = device.lower().replace("nvidia", "").strip().replace(" ", "-")
-    out = args.out or ROOT / "bench" / "results" / f"gpu-step-cost-{slug}-{datetime.date.today()}-ctx{args.context}.md"
+    out = args.out or ROOT / "bench" / "results" / f"gpu-step-cost-{device_slug()}-{datetime.date.today()}-ctx{args.context}.md"
     lines = [
         f"# Step cost on {device}, {datetime.date.today()}",
         "",

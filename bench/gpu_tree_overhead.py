@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import statistics
 import time
 from pathlib import Path
 from typing import Callable
 
 import torch
+from gpu_step_cost import device_slug, recorded_step_ms, rotated
 
 from sgl_dflash.kernels.custom_mask import custom_mask_torch, custom_mask_triton
 from sgl_dflash.kernels.tree_accept import tree_accept_triton
@@ -78,22 +78,12 @@ def wall_ms(fn: Callable[[], object], reps: int) -> float:
     return (time.perf_counter() - start) * 1e3 / reps
 
 
-def plain_step_ms(slug: str) -> tuple[dict[int, float], str]:
-    """t(batch, 1) from the newest recorded step-cost table for this GPU at this context."""
-    found = sorted((ROOT / "bench" / "results").glob(f"gpu-step-cost-{slug}-*-ctx{CONTEXT}.json"))
-    if not found:
-        return {}, ""
-    samples = json.loads(found[-1].read_text())["samples_ms"]
-    return {b: statistics.median(samples[f"verify/{b}/1"]) for b in BATCHES if f"verify/{b}/1" in samples}, found[-1].name
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--reps", type=int, default=50)
     args = parser.parse_args()
     device = torch.cuda.get_device_name()
-    slug = device.lower().replace("nvidia", "").strip().replace(" ", "-")
     cells = {(k, n, b, impl): stage_fns(k, n, b, impl) for k, n in SHAPES for b in BATCHES for impl in IMPLS}
     for fns in cells.values():  # compile the Triton kernels and warm the allocator
         for fn in fns.values():
@@ -101,11 +91,11 @@ def main() -> None:
     samples: dict[tuple, list[float]] = {}
     order = [(cell, stage) for cell in cells for stage in STAGES]
     for r in range(args.rounds):
-        rotated = order[r * len(order) // args.rounds :] + order[: r * len(order) // args.rounds]
-        for cell, stage in rotated:
+        for cell, stage in rotated(order, r, args.rounds):
             samples.setdefault((*cell, stage), []).append(wall_ms(cells[cell][stage], args.reps))
         print(f"round {r + 1}/{args.rounds} done", flush=True)
-    plain, source = plain_step_ms(slug)
+    steps, source = recorded_step_ms(CONTEXT)
+    plain = {b: steps[(b, 1)] for b in BATCHES if (b, 1) in steps}  # a plain decode step, t(batch, 1)
 
     def ms(*key) -> str:
         s = samples[key]
@@ -134,7 +124,7 @@ def main() -> None:
                   + ", ".join(f"batch {b} {t:.2f} ms" for b, t in plain.items()) + "."]
     report = "\n".join(lines) + "\n"
     print(report)
-    out = ROOT / "bench" / "results" / f"gpu-tree-overhead-{slug}-{datetime.date.today()}.md"
+    out = ROOT / "bench" / "results" / f"gpu-tree-overhead-{device_slug()}-{datetime.date.today()}.md"
     out.write_text(report)
     print(f"wrote {out}")
 
