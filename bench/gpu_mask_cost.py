@@ -18,16 +18,15 @@ import argparse
 import datetime
 import statistics
 import time
-from pathlib import Path
 
 import flashinfer
 import torch
-from gpu_step_cost import device_slug, recorded_step_ms, rotated
+from goals import median_range
+from gpu_step_cost import publish, recorded_step_ms, result_path, rotated
 
 from sgl_dflash.tree import make_tree
 from sgl_dflash.tree_mask import verify_mask
 
-ROOT = Path(__file__).resolve().parent.parent
 HQ, HK, D, LAYERS, BLOCK, TOPK = 32, 8, 128, 32, 16, 4
 CONTEXTS, BATCHES, NODES = [1024, 4096], [1, 8, 32, 64], [16, 32]
 MODES = ["causal", "tree"]
@@ -105,8 +104,7 @@ def main() -> None:
         return statistics.median(samples[key])
 
     def fmt(*key) -> str:
-        s = samples[key]
-        return f"{statistics.median(s):.3f} [{min(s):.3f}-{max(s):.3f}]"
+        return "{:.3f} [{:.3f}-{:.3f}]".format(*median_range(samples[key]))
 
     lines = [f"# Tree mask vs causal verify attention on {device}, {datetime.date.today()}", "",
              f"FlashInfer {flashinfer.__version__} paged prefill, fa2, page size 1, bf16, {HQ} query / {HK} KV "
@@ -131,11 +129,7 @@ def main() -> None:
                     row.append(f"{extra / steps[(b, n)]:.1%}" if (b, n) in steps else "")
                 lines.append("| " + " | ".join(row) + " |")
         lines.append("")
-    report = "\n".join(lines)
-    print(report)
-    out = ROOT / "bench" / "results" / f"gpu-mask-cost-{device_slug()}-{datetime.date.today()}.md"
-    out.write_text(report)
-    print(f"wrote {out}")
+    publish(lines, result_path("mask-cost"))
 
 
 if __name__ == "__main__":

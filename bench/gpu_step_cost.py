@@ -125,6 +125,20 @@ def device_slug() -> str:
     return torch.cuda.get_device_name().lower().replace("nvidia", "").strip().replace(" ", "-")
 
 
+def result_path(name: str, suffix: str = "") -> Path:
+    """bench/results/gpu-NAME-DEVICE-DATE[SUFFIX].md, where the GPU benches keep their reports."""
+    return ROOT / "bench" / "results" / f"gpu-{name}-{device_slug()}-{datetime.date.today()}{suffix}.md"
+
+
+def publish(lines: list[str], out: Path) -> None:
+    """Print the report and write it to out."""
+    report = "\n".join(lines) + "\n"
+    print(report)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(report)
+    print(f"wrote {out}")
+
+
 def rotated(cells: list, r: int, rounds: int) -> list:
     """Round r's order: the cells rotated, so a drift in the machine's speed hits every cell alike."""
     shift = r * len(cells) // rounds
@@ -169,7 +183,7 @@ def main() -> None:
     med = {c: statistics.median(v) for c, v in samples.items()}
 
     device = torch.cuda.get_device_name()
-    out = args.out or ROOT / "bench" / "results" / f"gpu-step-cost-{device_slug()}-{datetime.date.today()}-ctx{args.context}.md"
+    out = args.out or result_path("step-cost", f"-ctx{args.context}")
     lines = [
         f"# Step cost on {device}, {datetime.date.today()}",
         "",
@@ -196,12 +210,10 @@ def main() -> None:
         base = med[("verify", b, 1)]
         lines.append(f"| {b} | " + " | ".join(
             f"{(med[('draft', b, args.block)] + med[('verify', b, n)]) / base:.2f}" for n in nodes if n > 1) + " |")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text("\n".join(lines) + "\n")
+    publish(lines, out)
     out.with_suffix(".json").write_text(json.dumps(
         {"device": device, "context": args.context, "samples_ms": {f"{k}/{b}/{n}": v for (k, b, n), v in samples.items()}},
         indent=1))
-    print("\n".join(lines))
 
 
 if __name__ == "__main__":

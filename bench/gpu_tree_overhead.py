@@ -18,18 +18,17 @@ import argparse
 import datetime
 import statistics
 import time
-from pathlib import Path
 from typing import Callable
 
 import torch
-from gpu_step_cost import device_slug, recorded_step_ms, rotated
+from goals import median_range
+from gpu_step_cost import publish, recorded_step_ms, result_path, rotated
 
 from sgl_dflash.kernels.custom_mask import custom_mask_torch, custom_mask_triton
 from sgl_dflash.kernels.tree_accept import tree_accept_triton
 from sgl_dflash.kernels.tree_build import build_tree
 from sgl_dflash.kernels.tree_tables import tree_tables_torch, tree_tables_triton
 
-ROOT = Path(__file__).resolve().parent.parent
 BLOCK, VOCAB, CONTEXT = 16, 128256, 1024
 SHAPES = [(1, 16), (4, 32), (8, 64)]  # (top-k, nodes): the chain, the shipped tree, a large tree
 BATCHES = [1, 8, 32, 64]
@@ -98,8 +97,7 @@ def main() -> None:
     plain = {b: steps[(b, 1)] for b in BATCHES if (b, 1) in steps}  # a plain decode step, t(batch, 1)
 
     def ms(*key) -> str:
-        s = samples[key]
-        return f"{statistics.median(s):.3f} [{min(s):.3f}-{max(s):.3f}]"
+        return "{:.3f} [{:.3f}-{:.3f}]".format(*median_range(samples[key]))
 
     lines = [f"# Tree stages per step on {device}, {datetime.date.today()}", "",
              f"Eager, as the worker runs them between its graphs; milliseconds of wall time per step with a "
@@ -122,11 +120,7 @@ def main() -> None:
     if plain:
         lines += ["", f"Plain decode step t(batch, 1) from `{source}`: "
                   + ", ".join(f"batch {b} {t:.2f} ms" for b, t in plain.items()) + "."]
-    report = "\n".join(lines) + "\n"
-    print(report)
-    out = ROOT / "bench" / "results" / f"gpu-tree-overhead-{device_slug()}-{datetime.date.today()}.md"
-    out.write_text(report)
-    print(f"wrote {out}")
+    publish(lines, result_path("tree-overhead"))
 
 
 if __name__ == "__main__":
