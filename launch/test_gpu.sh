@@ -9,8 +9,8 @@
 # the tree mask where .gpu/site.tar.gz was carried (launch/pack_flashinfer.sh), then the
 # step-cost table of a Llama-3-8B-shaped target (bench/gpu_step_cost.py), what our
 # eager tree stages add per step (bench/gpu_tree_overhead.py) and, with FlashInfer, what
-# a tree's mask adds to verify attention (bench/gpu_mask_cost.py). The servers need
-# SGLang's stack and are skipped.
+# a tree's mask adds to verify attention and what splitting it off the prefix saves
+# (bench/gpu_mask_cost.py). The servers need SGLang's stack and are skipped.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader

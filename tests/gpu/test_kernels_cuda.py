@@ -3,10 +3,16 @@
 FlashInfer is handed exactly what the worker hands it through SGLang: the
 flat tree mask of sgl_dflash.tree_mask (per request [N, prefix + N],
 row-major, True = may attend). Its output must equal attention computed
-query by query over exactly the allowed keys.
+query by query over exactly the allowed keys. So must the split verify
+attention measured by bench/gpu_mask_cost.py (the prefix without a mask,
+the tree's own keys with its ancestors, merged), eagerly and replayed in a
+CUDA graph.
 """
 
 from __future__ import annotations
+
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -16,6 +22,7 @@ from sgl_dflash.kernels.custom_mask import custom_mask_torch, custom_mask_triton
 from sgl_dflash.kernels.tree_accept import tree_accept_torch, tree_accept_triton
 from sgl_dflash.kernels.tree_build import build_tree_torch, build_tree_triton
 from sgl_dflash.kernels.tree_tables import tree_tables_torch, tree_tables_triton
+from sgl_dflash.step import DraftTree
 from sgl_dflash.tree import DraftTopKHead, draft_topk, make_tree
 from sgl_dflash.tree_mask import verify_mask
 
@@ -74,15 +81,15 @@ def test_draft_topk_head_in_cuda_graph_matches_eager():
 HQ, HK, D = 8, 2, 64  # query heads, KV heads (GQA), head dim
 
 
-def _tree_mask(gen: torch.Generator, topk: int, n: int, prefix_lens: list[int]) -> torch.Tensor:
-    """The flat verify mask the worker hands SGLang for a random draft tree."""
+def _tree_mask(gen: torch.Generator, topk: int, n: int, prefix_lens: list[int]) -> tuple[DraftTree, torch.Tensor]:
+    """A random draft tree and the flat verify mask the worker hands SGLang for it."""
     bs = len(prefix_lens)
     probs, ids = torch.randn(bs, 15, 100, device="cuda", generator=gen).softmax(-1).topk(topk, dim=-1)
     prefix = torch.tensor(prefix_lens, device="cuda")
     tree = make_tree(torch.zeros(bs, dtype=torch.long, device="cuda"), ids, probs, n, prefix)
     mask = verify_mask(tree, topk, prefix, sum(prefix_lens))
     assert mask is not None
-    return mask
+    return tree, mask
 
 
 def _indptrs(n: int, prefix_lens: list[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -125,7 +132,7 @@ def test_flashinfer_tree_mask_matches_dense_attention(topk: int, n: int, prefix_
     # Absent in `launch/test_gpu.sh --bare` unless carried (launch/pack_flashinfer.sh).
     flashinfer = pytest.importorskip("flashinfer")
     gen = torch.Generator(device="cuda").manual_seed(n)
-    mask = _tree_mask(gen, topk, n, prefix_lens)
+    _, mask = _tree_mask(gen, topk, n, prefix_lens)
     pool_k = torch.randn(sum(prefix_lens) + len(prefix_lens) * n, 1, HK, D, device="cuda",
                          dtype=torch.float16, generator=gen)
     pool_v = torch.randn_like(pool_k)
@@ -157,7 +164,7 @@ def test_flashinfer_tree_mask_in_cuda_graph_replay():
     pool_v = torch.randn_like(pool_k)
     q = torch.zeros(bs * n, HQ, D, device="cuda", dtype=dtype)
 
-    _plan(wrapper, n, captured, _tree_mask(gen, topk, n, captured), dtype)
+    _plan(wrapper, n, captured, _tree_mask(gen, topk, n, captured)[1], dtype)
     stream = torch.cuda.Stream()
     with torch.cuda.stream(stream):
         wrapper.run(q, (pool_k, pool_v))  # warm-up outside the capture
@@ -167,8 +174,106 @@ def test_flashinfer_tree_mask_in_cuda_graph_replay():
         out = wrapper.run(q, (pool_k, pool_v))
 
     for prefix_lens in (replayed, captured):
-        mask = _tree_mask(gen, topk, n, prefix_lens)
+        _, mask = _tree_mask(gen, topk, n, prefix_lens)
         q.copy_(torch.randn(q.shape, device="cuda", dtype=dtype, generator=gen))
         _plan(wrapper, n, prefix_lens, mask, dtype)
+        graph.replay()
+        _assert_dense_equal(out, q, pool_k, pool_v, mask, n, prefix_lens)
+
+
+def _split_attention_class():
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
+    from gpu_mask_cost import SplitTreeAttention
+
+    return SplitTreeAttention
+
+
+def _split_inputs(pool_k, pool_v, n: int, prefix_lens: list[int]):
+    """prefix_indptr, prefix_indices, and the nodes' own K and V ([bs * n, HK, D]) of the layout
+    _indptrs gives (request b's prefix rows, then its n node rows)."""
+    _, kv_indptr, _ = _indptrs(n, prefix_lens)
+    starts = kv_indptr[:-1].long()
+    prefix_indices = torch.cat([start + torch.arange(p, device="cuda") for start, p in zip(starts, prefix_lens)])
+    node_rows = (starts[:, None] + torch.tensor(prefix_lens, device="cuda")[:, None]
+                 + torch.arange(n, device="cuda")).reshape(-1)
+    prefix_indptr = torch.tensor([0] + prefix_lens, device="cuda").cumsum(0).int()
+    return prefix_indptr, prefix_indices.int(), pool_k[node_rows, 0], pool_v[node_rows, 0]
+
+
+@pytest.mark.parametrize("topk, n, prefix_lens", [
+    (4, 16, [5, 1, 37]),
+    (4, 32, [300, 1, 64]),
+    (8, 64, [17, 1000]),
+    (2, 5, [1, 9, 4, 120]),
+])
+def test_split_tree_attention_matches_dense_attention(topk: int, n: int, prefix_lens: list[int]):
+    flashinfer = pytest.importorskip("flashinfer")
+    split = _split_attention_class()
+    gen = torch.Generator(device="cuda").manual_seed(n + 1)
+    tree, mask = _tree_mask(gen, topk, n, prefix_lens)
+    pool_k = torch.randn(sum(prefix_lens) + len(prefix_lens) * n, 1, HK, D, device="cuda",
+                         dtype=torch.float16, generator=gen)
+    pool_v = torch.randn_like(pool_k)
+    q = torch.randn(len(prefix_lens) * n, HQ, D, device="cuda", dtype=torch.float16, generator=gen)
+    workspace = torch.empty(128 * 1024 * 1024, dtype=torch.uint8, device="cuda")
+    # fa2, as SGLang's paged prefill wrappers: "auto" would JIT-build fa3 for the unmasked prefix on Hopper.
+    attention = split(flashinfer.BatchPrefillWithPagedKVCacheWrapper(workspace, "NHD", backend="fa2"),
+                      flashinfer.BatchPrefillWithRaggedKVCacheWrapper(workspace, "NHD", backend="fa2"))
+    prefix_indptr, prefix_indices, k_new, v_new = _split_inputs(pool_k, pool_v, n, prefix_lens)
+    attention.plan(prefix_indptr, prefix_indices, tree.ancestors, (HQ, HK, D), torch.float16)
+    out = attention.run(q, (pool_k, pool_v), k_new, v_new)
+    _assert_dense_equal(out, q, pool_k, pool_v, mask, n, prefix_lens)
+
+
+def test_split_tree_attention_in_cuda_graph_replay():
+    """As a verify graph would run it: both wrappers on fixed buffers, captured for one tree,
+    re-planned for another (new ancestors, prefix lengths) and replayed; bf16 as served."""
+    flashinfer = pytest.importorskip("flashinfer")
+    split = _split_attention_class()
+    gen = torch.Generator(device="cuda").manual_seed(8)
+    topk, n, max_prefix = 4, 32, 600
+    captured, replayed = [5, 200, 37], [600, 1, 64]
+    bs, max_kv = len(captured), len(captured) * (max_prefix + n)
+    dtype = torch.bfloat16
+
+    def buffer(size: int, dtype: torch.dtype = torch.int32) -> torch.Tensor:
+        return torch.empty(size, dtype=dtype, device="cuda")
+
+    workspace = buffer(128 * 1024 * 1024, torch.uint8)
+    attention = split(
+        flashinfer.BatchPrefillWithPagedKVCacheWrapper(
+            workspace, "NHD", use_cuda_graph=True, qo_indptr_buf=buffer(bs + 1),
+            paged_kv_indptr_buf=buffer(bs + 1), paged_kv_indices_buf=buffer(bs * max_prefix),
+            paged_kv_last_page_len_buf=buffer(bs), backend="fa2"),
+        flashinfer.BatchPrefillWithRaggedKVCacheWrapper(
+            workspace, "NHD", use_cuda_graph=True, qo_indptr_buf=buffer(bs + 1), kv_indptr_buf=buffer(bs + 1),
+            custom_mask_buf=buffer(bs * n * n // 8 + 8, torch.uint8), mask_indptr_buf=buffer(bs + 1),
+            backend="fa2"))
+    pool_k = torch.randn(max_kv, 1, HK, D, device="cuda", dtype=dtype, generator=gen)
+    pool_v = torch.randn_like(pool_k)
+    q = torch.zeros(bs * n, HQ, D, device="cuda", dtype=dtype)
+    k_new = torch.zeros(bs * n, HK, D, device="cuda", dtype=dtype)
+    v_new = torch.zeros_like(k_new)
+
+    def plan(prefix_lens: list[int]) -> torch.Tensor:
+        tree, mask = _tree_mask(gen, topk, n, prefix_lens)
+        prefix_indptr, prefix_indices, keys, values = _split_inputs(pool_k, pool_v, n, prefix_lens)
+        k_new.copy_(keys)
+        v_new.copy_(values)
+        attention.plan(prefix_indptr, prefix_indices, tree.ancestors, (HQ, HK, D), dtype)
+        return mask
+
+    plan(captured)
+    stream = torch.cuda.Stream()
+    with torch.cuda.stream(stream):
+        attention.run(q, (pool_k, pool_v), k_new, v_new)  # warm-up outside the capture
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = attention.run(q, (pool_k, pool_v), k_new, v_new)
+
+    for prefix_lens in (replayed, captured):
+        mask = plan(prefix_lens)
+        q.copy_(torch.randn(q.shape, device="cuda", dtype=dtype, generator=gen))
         graph.replay()
         _assert_dense_equal(out, q, pool_k, pool_v, mask, n, prefix_lens)
