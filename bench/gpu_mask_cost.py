@@ -54,7 +54,7 @@ class SplitTreeAttention:
         bs, n, _ = ancestors.shape
         hq, hk, d = heads
         qo_indptr = torch.arange(0, bs * n + 1, n, dtype=torch.int32, device=ancestors.device)
-        last_page = torch.ones(bs, dtype=torch.int32, device=ancestors.device)
+        last_page = (prefix_indptr[1:] - prefix_indptr[:-1]).clamp(max=1).int()  # 0 for an empty prefix
         self.paged.plan(qo_indptr, prefix_indptr, prefix_indices, last_page, hq, hk, d, 1, causal=False,
                         q_data_type=dtype, kv_data_type=dtype)
         self.ragged.plan(qo_indptr, qo_indptr, hq, hk, d, custom_mask=ancestors.reshape(-1),

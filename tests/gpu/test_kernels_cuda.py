@@ -63,6 +63,7 @@ def test_draft_topk_head_in_cuda_graph_matches_eager():
     head = DraftTopKHead(lm_head, block, topk, max_bs=bs)
     hidden = torch.zeros(bs * block, width, device="cuda")
     stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())  # what the default stream queued lands before the warm-up
     with torch.cuda.stream(stream):
         head(hidden)  # warm-up outside the capture
     torch.cuda.current_stream().wait_stream(stream)
@@ -166,6 +167,7 @@ def test_flashinfer_tree_mask_in_cuda_graph_replay():
 
     _plan(wrapper, n, captured, _tree_mask(gen, topk, n, captured)[1], dtype)
     stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())  # what the default stream queued lands before the warm-up
     with torch.cuda.stream(stream):
         wrapper.run(q, (pool_k, pool_v))  # warm-up outside the capture
     torch.cuda.current_stream().wait_stream(stream)
@@ -265,6 +267,7 @@ def test_split_tree_attention_in_cuda_graph_replay():
 
     plan(captured)
     stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())  # what the default stream queued lands before the warm-up
     with torch.cuda.stream(stream):
         attention.run(q, (pool_k, pool_v), k_new, v_new)  # warm-up outside the capture
     torch.cuda.current_stream().wait_stream(stream)
