@@ -27,6 +27,19 @@ from sgl_dflash.tree import DraftTopKHead, draft_topk, make_tree
 from sgl_dflash.tree_mask import verify_mask
 
 
+def _capture(run):
+    """run() warmed up on a side stream, then captured in a CUDA graph: (graph, run's output)."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())  # what the default stream queued lands before the warm-up
+    with torch.cuda.stream(stream):
+        run()  # warm-up outside the capture
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = run()
+    return graph, out
+
+
 def test_tree_kernels_on_cuda_match_references():
     gen = torch.Generator(device="cuda").manual_seed(0)
     for positions, k, n in [(15, 1, 16), (15, 4, 32), (15, 8, 64), (7, 2, 1), (3, 16, 40)]:
@@ -62,14 +75,7 @@ def test_draft_topk_head_in_cuda_graph_matches_eager():
     lm_head = torch.randn(vocab, width, device="cuda", generator=gen)
     head = DraftTopKHead(lm_head, block, topk, max_bs=bs)
     hidden = torch.zeros(bs * block, width, device="cuda")
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())  # what the default stream queued lands before the warm-up
-    with torch.cuda.stream(stream):
-        head(hidden)  # warm-up outside the capture
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        head(hidden)
+    graph, _ = _capture(lambda: head(hidden))
     for _ in range(2):
         hidden.copy_(torch.randn(hidden.shape, device="cuda", generator=gen))
         graph.replay()
@@ -166,14 +172,7 @@ def test_flashinfer_tree_mask_in_cuda_graph_replay():
     q = torch.zeros(bs * n, HQ, D, device="cuda", dtype=dtype)
 
     _plan(wrapper, n, captured, _tree_mask(gen, topk, n, captured)[1], dtype)
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())  # what the default stream queued lands before the warm-up
-    with torch.cuda.stream(stream):
-        wrapper.run(q, (pool_k, pool_v))  # warm-up outside the capture
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        out = wrapper.run(q, (pool_k, pool_v))
+    graph, out = _capture(lambda: wrapper.run(q, (pool_k, pool_v)))
 
     for prefix_lens in (replayed, captured):
         _, mask = _tree_mask(gen, topk, n, prefix_lens)
@@ -266,14 +265,7 @@ def test_split_tree_attention_in_cuda_graph_replay():
         return mask
 
     plan(captured)
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())  # what the default stream queued lands before the warm-up
-    with torch.cuda.stream(stream):
-        attention.run(q, (pool_k, pool_v), k_new, v_new)  # warm-up outside the capture
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        out = attention.run(q, (pool_k, pool_v), k_new, v_new)
+    graph, out = _capture(lambda: attention.run(q, (pool_k, pool_v), k_new, v_new))
 
     for prefix_lens in (replayed, captured):
         mask = plan(prefix_lens)
