@@ -68,10 +68,16 @@ count from every request. The decision has two stages:
    prices drafting.
 2. After drafting (``use_step_confidence``): the draft pass is paid; this
    step's own trees give E_r(n) for every budget at once (a budget's tree is
-   the first n nodes of the full one), and the budget maximizing V(n) over
-   the verify seconds of n nodes is verified. This is where the drafter's
-   confidence in this very step decides. On GPU it reads a few numbers back
-   from the device mid-step; without it the running curves decide.
+   the first n nodes of the full one), and the budget maximizing
+   V(n) - r * (verify seconds of n nodes) is verified, r being stage 1's best
+   predicted rate (tokens per second of whole steps, draft pass included).
+   The draft pass is paid this step but again on every later one, so a token
+   committed now saves 1/r seconds later; maximizing V(n) over the verify
+   seconds alone valued it at this step's cheaper rate and chose small trees
+   (at one request, 4 nodes where the fixed 8-node tree ran 1.07x faster).
+   This is where the drafter's confidence in this very step decides. On GPU
+   it reads a few numbers back from the device mid-step; without it the
+   running curves decide.
 
 Seconds come from the cost model (measured on this machine, refined by every
 step). Statistics go to the host without blocking the device and are folded
@@ -82,6 +88,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Optional, Sequence
@@ -229,6 +236,7 @@ class BudgetController:
         self.stale: set[str] = set()  # requests whose evidence has decayed since they were last measured
         self.decays: dict[str, float] = {}  # rid -> its decay, where retries that failed have halved it
         self.undrafted = 0
+        self.token_rate = 0.0  # stage 1's best predicted tokens per second (batch), for stage 2
         self.undrafted_seconds = 0.0  # predicted time of the undrafted steps since the last drafted one
         self.explore_interval = config.explore_every
         self.steps = 0
@@ -253,6 +261,7 @@ class BudgetController:
         commits = self.commits(rids, running)
         seconds = [self.costs.step_seconds(bs, n) for n in self.budgets]
         rates = self._rates(commits.sum(dim=0), self._slowest(rids, commits), seconds)
+        self.token_rate = max(rates)
         off = self._bar(rates[0], bs)
         on = max(rates[1:])
         if self.drafting and on < off:
@@ -312,13 +321,18 @@ class BudgetController:
         return extra <= self.config.explore_share * self.undrafted_seconds
 
     def after_draft(self, rids: Sequence[str], curves: Optional[torch.Tensor], drafted_budget: int) -> int:
-        """Stage 2: the budget to verify, from this step's own curves [bs, len(budgets)] (host)."""
+        """Stage 2: the budget to verify, from this step's own curves [bs, len(budgets)] (host):
+        the most expected commits net of the verify seconds, each second priced at stage 1's
+        rate (the draft pass, paid now, recurs every step), among the budgets the slowest
+        request allows."""
         if self.config.policy == "cycle" or curves is None:
             return drafted_budget
         commits = self.commits(rids, curves)
+        value = commits.sum(dim=0)
         seconds = [self.costs.verify_seconds(len(rids), n) for n in self.budgets]
-        rates = self._rates(commits.sum(dim=0), commits.min(dim=0).values, seconds)
-        return self.budgets[max(range(len(rates)), key=rates.__getitem__)]
+        allowed = self._rates(value, commits.min(dim=0).values, seconds)
+        net = [float(value[i]) - self.token_rate * seconds[i] if allowed[i] > 0 else -math.inf for i in range(len(seconds))]
+        return self.budgets[max(range(len(net)), key=net.__getitem__)]
 
     def _slowest(self, rids: Sequence[str], commits: torch.Tensor) -> torch.Tensor:
         """[len(budgets)]: the batch's slowest request's expected commits per budget. k requests not
