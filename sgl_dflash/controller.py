@@ -69,12 +69,21 @@ count from every request. The decision has two stages:
 2. After drafting (``use_step_confidence``): the draft pass is paid; this
    step's own trees give E_r(n) for every budget at once (a budget's tree is
    the first n nodes of the full one), and the budget maximizing
-   V(n) - r * (verify seconds of n nodes) is verified, r being stage 1's best
-   predicted rate (tokens per second of whole steps, draft pass included).
-   The draft pass is paid this step but again on every later one, so a token
-   committed now saves 1/r seconds later; maximizing V(n) over the verify
-   seconds alone valued it at this step's cheaper rate and chose small trees
-   (at one request, 4 nodes where the fixed 8-node tree ran 1.07x faster).
+   V(n) - r * (verify seconds of n nodes) is verified, r being the best rate
+   these trees promise for whole steps (tokens per second, draft pass
+   included; a plain step's if drafting does not pay). The draft pass is
+   paid this step but again on every later one, so a token committed now
+   saves 1/r seconds later; maximizing V(n) over the verify seconds alone
+   valued it at this step's cheaper rate and chose small trees (at one
+   request, 4 nodes where the fixed 8-node tree ran 1.07x faster).
+   Stage 2 also checks stage 1: per batch-size cell, a running ratio of the
+   drafting rate this step's trees promise to the one stage 1 forecast from
+   the running curves scales later forecasts in that cell. Running curves
+   decayed toward the mean of all requests, and new requests valued at it,
+   forecast more than the batch's own trees showed at 8 requests (measured:
+   3-4 drafted steps a wave whose second stage verified the root alone, the
+   server 7-12% slower than one that never drafts); explorations keep the
+   ratio current.
    This is where the drafter's confidence in this very step decides. On GPU
    it reads a few numbers back from the device mid-step; without it the
    running curves decide.
@@ -110,6 +119,10 @@ MEAN_MEMORY = 64.0
 # commits, once there are FINISHED_NEEDED of them.
 FINISHED_KEPT = 64
 FINISHED_NEEDED = 4
+# Stage 1's forecast bias per batch-size cell: a running ratio (this rate) of stage 2's drafting
+# rate to stage 1's, kept within these bounds.
+FORECAST_RATE = 0.3
+FORECAST_BOUNDS = (0.25, 2.0)
 
 
 @dataclass(frozen=True)
@@ -236,7 +249,10 @@ class BudgetController:
         self.stale: set[str] = set()  # requests whose evidence has decayed since they were last measured
         self.decays: dict[str, float] = {}  # rid -> its decay, where retries that failed have halved it
         self.undrafted = 0
-        self.token_rate = 0.0  # stage 1's best predicted tokens per second (batch), for stage 2
+        # batch-size cell -> running ratio of stage 2's drafting rate to stage 1's forecast, on steps
+        # that started drafting again or explored
+        self.forecast_bias: dict[int, float] = {}
+        self.forecast: Optional[tuple[int, float]] = None  # such a step's (cell, stage 1's drafting rate)
         self.undrafted_seconds = 0.0  # predicted time of the undrafted steps since the last drafted one
         self.explore_interval = config.explore_every
         self.steps = 0
@@ -261,15 +277,21 @@ class BudgetController:
         commits = self.commits(rids, running)
         seconds = [self.costs.step_seconds(bs, n) for n in self.budgets]
         rates = self._rates(commits.sum(dim=0), self._slowest(rids, commits), seconds)
-        self.token_rate = max(rates)
         off = self._bar(rates[0], bs)
         on = max(rates[1:])
+        cell, was_drafting = self.costs.cell(bs), self.drafting
+        # From two requests up (a refuted restart at one request costs a fraction of a step, and
+        # new requests must be able to start drafting there).
+        bias = self.forecast_bias.get(cell, 1.0) if bs > 1 else 1.0
+        self.forecast = None
         if self.drafting and on < off:
             self.drafting = False
-        elif not self.drafting and on > off * (1.0 + self.config.hysteresis):
+        elif not self.drafting and bias * on > off * (1.0 + self.config.hysteresis):
             self.drafting = True
             self.explore_interval = self.config.explore_every
         if self.drafting or self._explore(bs):
+            if not was_drafting and bs > 1:  # a restart or an exploration: stage 2 checks this forecast
+                self.forecast = (cell, on)
             if not self.drafting:
                 # Reset above if this exploration's estimates turn speculation back on.
                 self.explore_interval = min(2 * self.explore_interval, max(self.config.explore_max, self.config.explore_every))
@@ -322,17 +344,35 @@ class BudgetController:
 
     def after_draft(self, rids: Sequence[str], curves: Optional[torch.Tensor], drafted_budget: int) -> int:
         """Stage 2: the budget to verify, from this step's own curves [bs, len(budgets)] (host):
-        the most expected commits net of the verify seconds, each second priced at stage 1's
-        rate (the draft pass, paid now, recurs every step), among the budgets the slowest
-        request allows."""
+        the most expected commits net of the verify seconds, each second priced at the best
+        whole-step rate these curves promise (the draft pass, paid now, recurs every step),
+        among the budgets the slowest request allows."""
         if self.config.policy == "cycle" or curves is None:
             return drafted_budget
+        bs = len(rids)
         commits = self.commits(rids, curves)
         value = commits.sum(dim=0)
-        seconds = [self.costs.verify_seconds(len(rids), n) for n in self.budgets]
+        seconds = [self.costs.verify_seconds(bs, n) for n in self.budgets]
         allowed = self._rates(value, commits.min(dim=0).values, seconds)
-        net = [float(value[i]) - self.token_rate * seconds[i] if allowed[i] > 0 else -math.inf for i in range(len(seconds))]
+        draft = self.costs.draft_seconds(bs)
+        whole = [float(value[i]) / (seconds[i] + (draft if i else 0.0)) if allowed[i] > 0 else 0.0 for i in range(len(seconds))]
+        self._check_forecast(max(whole[1:]))
+        rate = max(whole)
+        net = [float(value[i]) - rate * seconds[i] if allowed[i] > 0 else -math.inf for i in range(len(seconds))]
         return self.budgets[max(range(len(net)), key=net.__getitem__)]
+
+    def _check_forecast(self, drafting_rate: float) -> None:
+        """Fold this step's drafting rate (from its own trees) against stage 1's forecast into
+        the forecast bias of its batch-size cell."""
+        if self.forecast is None:
+            return
+        cell, forecast = self.forecast
+        self.forecast = None
+        if forecast <= 0.0:
+            return
+        low, high = FORECAST_BOUNDS
+        old = self.forecast_bias.get(cell, 1.0)
+        self.forecast_bias[cell] = min(max(old + FORECAST_RATE * (drafting_rate / forecast - old), low), high)
 
     def _slowest(self, rids: Sequence[str], commits: torch.Tensor) -> torch.Tensor:
         """[len(budgets)]: the batch's slowest request's expected commits per budget. k requests not
@@ -355,11 +395,16 @@ class BudgetController:
             for i in range(len(self.budgets))
         ]
 
-    def prediction(self, rids: Sequence[str], curves: Optional[torch.Tensor], budget: int) -> tuple[float, float]:
-        """(expected committed tokens, predicted step seconds) of the chosen budget, for the log."""
+    def prediction(
+        self, rids: Sequence[str], curves: Optional[torch.Tensor], budget: int, drafted: bool
+    ) -> tuple[float, float]:
+        """(expected committed tokens, predicted step seconds) of the chosen budget, for the log;
+        a drafted step's seconds include its draft pass, whatever stage 2 verified."""
         curves = self._running_curves(rids) if curves is None else curves
         value = self.commits(rids, curves).sum(dim=0)
-        return float(value[self.budgets.index(budget)]), self.costs.step_seconds(len(rids), budget)
+        bs = len(rids)
+        seconds = self.costs.verify_seconds(bs, budget) + (self.costs.draft_seconds(bs) if drafted else 0.0)
+        return float(value[self.budgets.index(budget)]), seconds
 
     def commits(self, rids: Sequence[str], curves: torch.Tensor) -> torch.Tensor:
         """[bs, len(budgets)]: each request's expected committed tokens per budget, from curves of the same shape."""
@@ -448,7 +493,7 @@ class BudgetController:
         w = self.window
         logger.info(
             "%s controller over %d steps: budgets %s, %d drafted; tokens/step predicted %.2f observed %.2f; "
-            "step ms predicted %.2f observed %.2f",
+            "step ms predicted %.2f observed %.2f; forecast bias by batch size %s",
             ALGORITHM_NAME,
             w.steps,
             dict(sorted(w.budgets.items())),
@@ -457,6 +502,7 @@ class BudgetController:
             w.observed_tokens / w.steps,
             1e3 * w.predicted_seconds / w.steps,
             1e3 * w.observed_seconds / w.steps,
+            {cell: round(bias, 2) for cell, bias in sorted(self.forecast_bias.items())},
         )
         self.window = _Window()
         self.costs.acceptance = self.calibration.state()

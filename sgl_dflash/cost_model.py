@@ -96,7 +96,7 @@ class StepCostModel:
         # controller: what real steps learned about this pair. Not read here.
         self.acceptance: dict = {}
 
-    def _cell(self, bs: int) -> int:
+    def cell(self, bs: int) -> int:
         """The profiled batch size closest to bs (in ratio)."""
         return min(self.batch_sizes, key=lambda b: abs(b - bs) / b)
 
@@ -113,11 +113,11 @@ class StepCostModel:
         return self._verify_prior(bs, 1) + per_token * bs * (n - 1)
 
     def draft_seconds(self, bs: int) -> float:
-        return self._draft_prior(bs) * self.draft_correction[self._cell(bs)] * self.speed
+        return self._draft_prior(bs) * self.draft_correction[self.cell(bs)] * self.speed
 
     def verify_seconds(self, bs: int, n: int) -> float:
         """The verify pass and everything else of the step but the draft pass."""
-        cell = self._cell(bs)
+        cell = self.cell(bs)
         return self._verify_prior(bs, n) * self.verify_correction[cell, n] * self.speed + self.overhead_seconds(bs)
 
     def overhead_seconds(self, bs: int) -> float:
@@ -127,7 +127,7 @@ class StepCostModel:
 
     def observed(self, bs: int, n: int) -> bool:
         """Whether a real step has taught the verify cell of (bs, n) (in this process or the cache)."""
-        return self._seen["verify", self._cell(bs), n] > 0
+        return self._seen["verify", self.cell(bs), n] > 0
 
     def step_seconds(self, bs: int, n: int) -> float:
         return self.verify_seconds(bs, n) + (self.draft_seconds(bs) if n > 1 else 0.0)
@@ -142,7 +142,7 @@ class StepCostModel:
         if (bs, n) not in self._warm:
             self._warm.add((bs, n))
             return
-        cell = self._cell(bs)
+        cell = self.cell(bs)
         self.steps_observed += 1
         draft_prior, verify_prior = self._draft_prior(bs), self._verify_prior(bs, n)
         predicted = verify_prior * self.verify_correction[cell, n]  # the cells alone, without the speed
@@ -156,7 +156,7 @@ class StepCostModel:
         self.verify_correction[cell, n] = self._blend(("verify", cell, n), self.verify_correction[cell, n], ratio)
 
     def observe_overhead(self, bs: int, seconds: float) -> None:
-        cell = self._cell(bs)
+        cell = self.cell(bs)
         self.overhead[cell] = self._blend(("overhead", cell), self.overhead[cell] or 0.0, seconds)
 
     def _blend(self, key: tuple, old: float, new: float) -> float:

@@ -215,7 +215,7 @@ class SglDFlashWorker(DFlashWorkerV2):
     def _report(self, rids, budget: int, curves, host_curves, tree: DraftTree, acceptance: Acceptance, clocks) -> None:
         """Hand the step's statistics to the controller (without waiting for the device)."""
         controller = self.controller
-        tokens, seconds = controller.prediction(rids, host_curves, budget)
+        tokens, seconds = controller.prediction(rids, host_curves, budget, drafted=curves is not None)
         if self._on_cpu:
             start, drafted, end = clocks
             if self._last_step is not None:
