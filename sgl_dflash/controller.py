@@ -76,9 +76,11 @@ count from every request. The decision has two stages:
    saves 1/r seconds later; maximizing V(n) over the verify seconds alone
    valued it at this step's cheaper rate and chose small trees (at one
    request, 4 nodes where the fixed 8-node tree ran 1.07x faster).
-   Stage 2 also checks stage 1: per batch-size cell, a running ratio of the
-   drafting rate this step's trees promise to the one stage 1 forecast from
-   the running curves scales later forecasts in that cell. Running curves
+   Stage 2 also checks stage 1: on a step that starts drafting again or
+   explores, from two requests up, the drafting rate this step's trees
+   promise over the one stage 1 forecast from the running curves feeds a
+   running ratio per batch-size cell, which scales stage 1's forecast when
+   it decides whether to start drafting again in that cell. Running curves
    decayed toward the mean of all requests, and new requests valued at it,
    forecast more than the batch's own trees showed at 8 requests (measured:
    3-4 drafted steps a wave whose second stage verified the root alone, the
