@@ -358,6 +358,8 @@ class BudgetController:
         allowed = self._rates(value, commits.min(dim=0).values, seconds)
         draft = self.costs.draft_seconds(bs)
         whole = [float(value[i]) / (seconds[i] + (draft if i else 0.0)) if allowed[i] > 0 else 0.0 for i in range(len(seconds))]
+        # The forecast's floor counted the draft pass and new requests' expected slowest; this
+        # rate's floor is the step's own (verify seconds): close enough for a running ratio.
         self._check_forecast(max(whole[1:]))
         rate = max(whole)
         net = [float(value[i]) - rate * seconds[i] if allowed[i] > 0 else -math.inf for i in range(len(seconds))]

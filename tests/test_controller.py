@@ -274,7 +274,8 @@ def test_restarts_refuted_by_their_own_trees_lower_the_forecast_at_that_batch_si
     tried = [i for i, n in enumerate(chosen) if n != 1]
     assert tried and all(chosen[i] == -1 for i in tried)
     assert ctl.forecast_bias[8] < 0.8 and tried[-1] < 10, (tried, ctl.forecast_bias)
-    assert 1 not in ctl.forecast_bias
+    solo = run_steps(ctl, ["solo"], [1.0, 1.0, 1.0], 40)  # one poor request: stops, then restarts
+    assert solo.count(-1) >= 2 and 1 not in ctl.forecast_bias, solo
 
 
 def exploration_gaps(ctl: BudgetController, steps: int) -> list[int]:
