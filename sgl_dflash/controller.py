@@ -77,15 +77,18 @@ count from every request. The decision has two stages:
    valued it at this step's cheaper rate and chose small trees (at one
    request, 4 nodes where the fixed 8-node tree ran 1.07x faster).
    Stage 2 also checks stage 1: on a step that starts drafting again or
-   explores, from two requests up, the drafting rate this step's trees
-   promise over the one stage 1 forecast from the running curves feeds a
-   running ratio per batch-size cell, which scales stage 1's forecast when
-   it decides whether to start drafting again in that cell. Running curves
-   decayed toward the mean of all requests, and new requests valued at it,
+   explores, or drafts for requests that have not drafted yet, from two
+   requests up, the drafting rate this step's trees promise over the one
+   stage 1 forecast feeds a running ratio per batch-size cell, which scales
+   stage 1's forecast on such steps in that cell. Running curves decayed
+   toward the mean of all requests, and new requests valued at it,
    forecast more than the batch's own trees showed at 8 requests (measured:
    1-4 drafted steps in a wave of 8 whose second stage verified the root
    alone; a server that never drafts ran 1.07-1.12x as fast); explorations
-   keep the ratio current.
+   keep the ratio current. New requests while drafting count too: with
+   the check on restarts only, each wave of 8 arriving after one request
+   that drafted spent two draft passes that stage 2 refuted (5 of 5
+   rounds), the first unchecked as speculation was still on.
    This is where the drafter's confidence in this very step decides. On GPU
    it reads a few numbers back from the device mid-step; without it the
    running curves decide.
@@ -281,18 +284,21 @@ class BudgetController:
         rates = self._rates(commits.sum(dim=0), self._slowest(rids, commits), seconds)
         off = self._bar(rates[0], bs)
         on = max(rates[1:])
-        cell, was_drafting = self.costs.cell(bs), self.drafting
+        cell = self.costs.cell(bs)
+        # Stage 1 forecasts from old evidence on a restart (or an exploration) and for requests
+        # that have not drafted yet: there stage 2 checks it, and the cell's bias scales it.
         # From two requests up (a refuted restart at one request costs a fraction of a step, and
         # new requests must be able to start drafting there).
-        bias = self.forecast_bias.get(cell, 1.0) if bs > 1 else 1.0
+        forecasting = bs > 1 and (not self.drafting or any(rid not in self.curves for rid in rids))
+        bias = self.forecast_bias.get(cell, 1.0) if forecasting else 1.0
         self.forecast = None
-        if self.drafting and on < off:
+        if self.drafting and bias * on < off:
             self.drafting = False
         elif not self.drafting and bias * on > off * (1.0 + self.config.hysteresis):
             self.drafting = True
             self.explore_interval = self.config.explore_every
         if self.drafting or self._explore(bs):
-            if not was_drafting and bs > 1:  # a restart or an exploration: stage 2 checks this forecast
+            if forecasting:
                 self.forecast = (cell, on)
             if not self.drafting:
                 # Reset above if this exploration's estimates turn speculation back on.

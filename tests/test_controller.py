@@ -278,6 +278,24 @@ def test_restarts_refuted_by_their_own_trees_lower_the_forecast_at_that_batch_si
     assert solo.count(-1) >= 2 and 1 not in ctl.forecast_bias, solo
 
 
+def test_new_requests_are_forecast_with_the_bias_of_their_batch_size_while_drafting():
+    """The benchmark's waves: one request drafts (speculation on), then eight new requests
+    arrive whose trees are poor. Their forecast comes from the mean of earlier requests, as on
+    a restart, so the bias their batch size has learned scales it: without it, the first step
+    of every wave of 8 drafted and verified the root alone (a draft pass, ~0.6 plain steps here)."""
+    ctl = controller(explore_every=0)
+    run_steps(ctl, ["g0", "g1"], [1.0, 4.0, 8.0], 30)
+    waves = []
+    for w in range(3):
+        waves.append(run_steps(ctl, [f"m{w}-{i}" for i in range(8)], [1.0, 1.3, 1.5], 20))
+        solo = run_steps(ctl, [f"s{w}"], [1.0, 4.0, 8.0], 5)
+        assert ctl.drafting and solo[-1] == 16
+        for rid in [f"m{w}-{i}" for i in range(8)] + [f"s{w}", "g0", "g1"]:
+            ctl.forget(rid)
+    assert -1 in waves[0] and ctl.forecast_bias[8] < 0.8, (waves[0], ctl.forecast_bias)
+    assert waves[1] == waves[2] == [1] * 20, waves
+
+
 def exploration_gaps(ctl: BudgetController, steps: int) -> list[int]:
     """Undrafted steps between explorations at 64 requests, where speculation does not pay."""
     chosen = run_steps(ctl, [f"b{i}" for i in range(64)], [1.0, 2.5, 5.0], steps)
