@@ -280,8 +280,9 @@ class BudgetController:
             return 1  # a probe: time the undrafted step at this batch size before comparing with it
         running = self._running_curves(rids)
         commits = self.commits(rids, running)
+        new = sum(rid not in self.curves for rid in rids)  # requests not drafted yet
         seconds = [self.costs.step_seconds(bs, n) for n in self.budgets]
-        rates = self._rates(commits.sum(dim=0), self._slowest(rids, commits), seconds)
+        rates = self._rates(commits.sum(dim=0), self._slowest(commits, new), seconds)
         off = self._bar(rates[0], bs)
         on = max(rates[1:])
         cell = self.costs.cell(bs)
@@ -289,7 +290,7 @@ class BudgetController:
         # that have not drafted yet: there stage 2 checks it, and the cell's bias scales it.
         # From two requests up (a refuted restart at one request costs a fraction of a step, and
         # new requests must be able to start drafting there).
-        forecasting = bs > 1 and (not self.drafting or any(rid not in self.curves for rid in rids))
+        forecasting = bs > 1 and (not self.drafting or new > 0)
         bias = self.forecast_bias.get(cell, 1.0) if forecasting else 1.0
         self.forecast = None
         if self.drafting and bias * on < off:
@@ -384,13 +385,13 @@ class BudgetController:
         old = self.forecast_bias.get(cell, 1.0)
         self.forecast_bias[cell] = min(max(old + FORECAST_RATE * (drafting_rate / forecast - old), low), high)
 
-    def _slowest(self, rids: Sequence[str], commits: torch.Tensor) -> torch.Tensor:
-        """[len(budgets)]: the batch's slowest request's expected commits per budget. k requests not
-        drafted yet count as the expected slowest of k drawn from the finished ones (the mean of
-        all requests would let every burst's first step draft)."""
+    def _slowest(self, commits: torch.Tensor, new: int) -> torch.Tensor:
+        """[len(budgets)]: the batch's slowest request's expected commits per budget (commits
+        [bs, len(budgets)]). The ``new`` requests not drafted yet count as the expected slowest of
+        as many drawn from the finished ones (the mean of all requests would let every burst's
+        first step draft)."""
         slowest = commits.min(dim=0).values
-        new = sum(rid not in self.curves for rid in rids)
-        if new and len(rids) > 1 and len(self.finished) >= FINISHED_NEEDED:  # one request has no tail
+        if new and commits.shape[0] > 1 and len(self.finished) >= FINISHED_NEEDED:  # one request has no tail
             slowest = torch.minimum(slowest, expected_min(torch.stack(list(self.finished)), new))
         return slowest
 
