@@ -13,9 +13,13 @@ def cpu_engine_requested() -> bool:
     return os.environ.get("SGLANG_USE_CPU_ENGINE", "0").lower() in ("1", "true")
 
 
-def _real_sgl_kernel_imports() -> bool:
+def _cpu_sgl_kernel_imports() -> bool:
+    """Whether an sgl_kernel with the CPU engine's ops imports (a CPU build; not the CUDA wheel,
+    which fails without libcuda, nor the GPU kit's CUDA stand-in)."""
     try:
-        import sgl_kernel  # noqa: F401
+        import sgl_kernel
+
+        sgl_kernel.copy_all_layer_kv_cache_cpu  # noqa: B018
     except Exception:
         sys.modules.pop("sgl_kernel", None)
         return False
@@ -29,7 +33,7 @@ def install_sgl_kernel_stand_in() -> None:
     ``sgl_kernel``) before they load plugins, so the path must be inherited
     through ``PYTHONPATH``, not set up by a hook.
     """
-    if SHIM_DIR in sys.path or _real_sgl_kernel_imports():
+    if SHIM_DIR in sys.path or _cpu_sgl_kernel_imports():
         return
     sys.path.insert(0, SHIM_DIR)
     parts = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]

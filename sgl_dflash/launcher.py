@@ -44,6 +44,11 @@ def free_port() -> int:
     raise RuntimeError(f"no free port in {PORT_RANGE}")
 
 
+def _local(path: Path | str) -> str:
+    """A model path made absolute when it is a local folder: servers run in their log's folder."""
+    return str(Path(path).resolve()) if Path(path).exists() else str(path)
+
+
 def server_command(
     model: Path,
     port: int,
@@ -55,12 +60,12 @@ def server_command(
     max_total_tokens: int = 4096,
     extra: tuple[str, ...] = (),
 ) -> list[str]:
-    cmd = [sys.executable, "-m", "sglang.launch_server", "--model-path", str(model),
+    cmd = [sys.executable, "-m", "sglang.launch_server", "--model-path", _local(model),
            "--host", "127.0.0.1", "--port", str(port)]
     if device == "cpu":
         cmd += [*CPU_ARGS, "--max-total-tokens", str(max_total_tokens)]
     if draft is not None:
-        cmd += ["--speculative-algorithm", algorithm, "--speculative-draft-model-path", str(draft)]
+        cmd += ["--speculative-algorithm", algorithm, "--speculative-draft-model-path", _local(draft)]
         if block_size is not None:
             cmd += ["--speculative-num-draft-tokens", str(block_size)]
     return cmd + list(extra)
@@ -81,8 +86,12 @@ class Server:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self._log = open(self.log_path, "w")
+        # In the log's folder, not the caller's: `python -m` puts the working folder first on the
+        # path, and a source checkout's sgl_dflash (whose kernels/ ships as sgl_dflash.kernels only
+        # when installed) would shadow the installed package, as on the GPU kit's machines.
         self.proc = subprocess.Popen(self._command(self.port), env=self._env, stdout=self._log,
-                                     stderr=subprocess.STDOUT, start_new_session=True)
+                                     stderr=subprocess.STDOUT, start_new_session=True,
+                                     cwd=self.log_path.parent)
 
     def wait_ready(self, timeout: float = READY_TIMEOUT_S) -> "Server":
         deadline = time.time() + timeout
