@@ -14,6 +14,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Optional
 
+from sglang.srt.plugins.hook_registry import HookRegistry, HookType
 from sglang.srt.speculative.spec_info import SpeculativeAlgorithm
 from sglang.srt.speculative.spec_registry import CustomSpecAlgo
 
@@ -24,6 +25,8 @@ from sgl_dflash.draft_checkpoint import validate_draft, validate_tree
 logger = logging.getLogger(__name__)
 
 DEFAULT_MAX_RUNNING_REQUESTS = 48  # same default as the built-in DFLASH (fixed budgets only)
+# GET /server_info: internal_states[i][STATE_KEY] is the worker's internal_state() (graph passes, accept totals).
+STATE_KEY = "sgl_dflash"
 
 
 class SglDFlashAlgo(CustomSpecAlgo):
@@ -151,6 +154,21 @@ def register() -> None:
     SpeculativeAlgorithm.register(
         ALGORITHM_NAME, supports_overlap=True, spec_class=SglDFlashAlgo
     )(_worker_factory)
+    # A readback, not a change of behaviour: the scheduler's internal state (GET /server_info)
+    # gains the SGL_DFLASH worker's counters, so a test can assert that the draft and verify
+    # CUDA graphs were captured and replayed from SGLang's own flags instead of a log line.
+    HookRegistry.register(
+        "sglang.srt.managers.scheduler_components.internal_state."
+        "SchedulerInternalStateController._add_speculative",
+        _add_worker_state,
+        HookType.AFTER,
+    )
+
+
+def _add_worker_state(result: None, controller: Any, state: dict) -> None:
+    worker_state = getattr(controller.scheduler.draft_worker, "internal_state", None)
+    if callable(worker_state):
+        state[STATE_KEY] = worker_state()
 
 
 def _worker_factory(server_args: Any) -> type:

@@ -86,6 +86,7 @@ class SglDFlashWorker(DFlashWorkerV2):
         if lm_head is None or not hasattr(lm_head, "weight"):
             raise ValueError(f"{ALGORITHM_NAME} needs a target with a dense lm_head.")
         self.stats = AcceptStats()
+        self.passes = GraphPasses()
         self.timer = StepTimer(self.device)
         # Sized by the request pool, which exists only after alloc_memory_pool.
         self._head: Optional[DraftTopKHead] = None
@@ -165,6 +166,28 @@ class SglDFlashWorker(DFlashWorkerV2):
         if self.controller is not None:
             self.controller.forget(rid)
 
+    def internal_state(self) -> dict:
+        """The worker's counters, in GET /server_info as internal_states[i]["sgl_dflash"] (algorithm.py).
+
+        graphs: per stage the batch sizes SGLang captured a decode CUDA graph for (the draft
+        runner's block graphs; the target's verify graphs, at the window max(N, B) per request)
+        and the serving passes replayed from them or run eagerly, as SGLang's
+        ModelRunner.forward reported each (on CPU: nothing captured, every pass eager).
+        accept: the running totals of AcceptStats.
+        """
+        if not self._on_cpu:
+            torch.cuda.synchronize(self.device)  # the sums below are written on the forward stream
+        committed, branches = self.stats.totals()
+        runners = {"draft": self.draft_model_runner, "verify": self.target_worker.model_runner}
+        return {
+            "config": {"block_size": self.config.block_size, "topk": self.config.topk,
+                       "node_budget": self.config.node_budget, "adaptive": self.config.adaptive is not None},
+            "graphs": {stage: {"captured_bs": _captured_bs(runner), **self.passes.counts[stage]}
+                       for stage, runner in runners.items()},
+            "accept": {"steps": self.stats.steps, "request_steps": self.stats.request_steps,
+                       "committed_tokens": committed, "branches_taken": branches},
+        }
+
     # ------------------------------------------------------------------ entry
 
     def forward_batch_generation(
@@ -204,6 +227,7 @@ class SglDFlashWorker(DFlashWorkerV2):
             self.speculative_num_draft_tokens = budget  # SGLang's gauge sglang:spec_num_draft_tokens
         with self.timer.stage("verify"):
             logits_output, can_run_graph = self._verify(batch, window, tree, grammar_barrier)
+        self.passes.record("verify", can_run_graph)
         acceptance = self._accept(batch, tree, logits_output)
         result = self._commit(batch, window, tree, logits_output, acceptance, can_run_graph, on_publish)
         if self.controller is not None:
@@ -249,7 +273,7 @@ class SglDFlashWorker(DFlashWorkerV2):
         prefix = self._dummy_prefix(bs)
         window = self._dummy_window(bs, prefix)
         root = torch.zeros(bs, dtype=torch.long, device=self.device)
-        return self._timed(lambda: self._draft_pass(root, window, prefix))
+        return self._timed(lambda: self._draft_pass(root, window))
 
     def _time_verify(self, bs: int, n: int) -> float:
         """Seconds of one target verify pass of n nodes per dummy request."""
@@ -411,13 +435,16 @@ class SglDFlashWorker(DFlashWorkerV2):
         root = batch.spec_info.bonus_tokens
         if num_nodes == 1:  # nothing to draft: the step verifies the root alone
             return root_tree(root, window.prefix_lens)
-        topk_ids, topk_probs = self._draft_pass(root, window, batch.can_run_decode_cuda_graph)
+        topk_ids, topk_probs = self._draft_pass(root, window, batch.can_run_decode_cuda_graph, count=True)
         return make_tree(root, topk_ids, topk_probs, num_nodes, window.prefix_lens)
 
     def _draft_pass(
-        self, root: torch.Tensor, window: StepWindow, can_run_graph: bool = True
+        self, root: torch.Tensor, window: StepWindow, can_run_graph: bool = True, count: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The drafter over ``[root, MASK x (B-1)]``: each position's top-K, [bs, B-1, K] each."""
+        """The drafter over ``[root, MASK x (B-1)]``: each position's top-K, [bs, B-1, K] each.
+
+        count: a serving pass, counted in ``self.passes`` (the cost profile's passes are not).
+        """
         bs, size = window.batch_size, self.config.block_size
         ids = torch.full((bs, size), int(self._mask_token_id), dtype=torch.long, device=self.device)
         ids[:, 0] = root
@@ -454,6 +481,8 @@ class SglDFlashWorker(DFlashWorkerV2):
         )
         with torch.inference_mode():
             out = self.draft_model_runner.forward(forward_batch)
+        if count:
+            self.passes.record("draft", out.can_run_graph)
         if not (self._draft_sampler is self.head and out.can_run_graph):
             hidden = out.logits_output.hidden_states
             if hidden is None:
@@ -593,6 +622,29 @@ class SglDFlashWorker(DFlashWorkerV2):
             speculative_output_stride=width,
             new_seq_lens=new_seq_lens,
         )
+
+
+class GraphPasses:
+    """Serving passes per stage ("draft", "verify"): replayed from a captured CUDA graph, or eager.
+
+    Host integers from the flag SGLang's ModelRunner.forward returns with each pass, so
+    counting costs the decode loop no device work.
+    """
+
+    STAGES = ("draft", "verify")
+
+    def __init__(self) -> None:
+        self.counts = {stage: {"replayed": 0, "eager": 0} for stage in self.STAGES}
+
+    def record(self, stage: str, replayed: bool) -> None:
+        self.counts[stage]["replayed" if replayed else "eager"] += 1
+
+
+def _captured_bs(runner) -> list[int]:
+    """The batch sizes a ModelRunner captured decode CUDA graphs for (SGLang's own record)."""
+    if not getattr(runner, "decode_cuda_graph_captured", False):
+        return []
+    return sorted(int(bs) for bs in getattr(runner, "decode_cuda_graph_capture_bs", None) or [])
 
 
 def _on_path(path: torch.Tensor, num_nodes: int) -> torch.Tensor:
