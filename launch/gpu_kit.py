@@ -3,8 +3,8 @@
 The lent GPU machines (launch/gpu_image.txt: Python 3.12, torch 2.11, Triton 3.6,
 no registry, 64 MiB travels per call) lack SGLang and its server-time packages.
 ``pack`` downloads what launch/gpu_kit.txt pins as cp312 manylinux wheels, strips
-what the server never loads (STRIP), adds a stub for IPython.display (imported at
-the top of sglang/utils.py, used only in notebooks) and writes ``.gpu/wheels``.
+what the server never loads (STRIP), adds stubs for two modules SGLang imports but
+the kit's uses never call (STUBS) and writes ``.gpu/wheels``.
 On the GPU machine launch/gpu_env.sh installs them with ``pip --no-index --no-deps``
 and puts sgl_dflash/cuda_sgl_kernel (the sgl_kernel stand-in) on the path.
 
@@ -82,12 +82,25 @@ SERVER_MODULES = (
     "sglang.kernels.ops.layernorm.norm", "sglang.kernels.ops.activation.activation",
     "sglang.srt.constrained.xgrammar_backend", "sgl_dflash.plugin", "sgl_dflash.worker",
 )
-IPYTHON_STUB = {
-    "IPython/__init__.py": '"""Stub (sgl-dflash GPU kit): SGLang imports IPython.display for notebooks only."""\n',
-    "IPython/display.py": (
-        '"""Stub of IPython.display for servers without IPython (sgl-dflash GPU kit)."""\n\n\n'
-        "class HTML:\n    def __init__(self, data=None, **kwargs):\n        self.data = data\n\n\n"
-        "def display(*objs, **kwargs):\n    print(*objs)\n"),
+# What the sweep's client imports besides (python -m sglang.bench_serving, through bench/compare.py).
+BENCH_MODULES = ("sglang.bench_serving",)
+# Stub distributions for modules SGLang imports at module level but the kit's uses never call:
+# IPython.display (sglang/utils.py, for notebooks) and HF datasets (sglang.benchmark's MMMU loader).
+STUBS = {
+    "ipython": {
+        "IPython/__init__.py": '"""Stub (sgl-dflash GPU kit): SGLang imports IPython.display for notebooks only."""\n',
+        "IPython/display.py": (
+            '"""Stub of IPython.display for servers without IPython (sgl-dflash GPU kit)."""\n\n\n'
+            "class HTML:\n    def __init__(self, data=None, **kwargs):\n        self.data = data\n\n\n"
+            "def display(*objs, **kwargs):\n    print(*objs)\n"),
+    },
+    "datasets": {
+        "datasets/__init__.py": (
+            '"""Stub (sgl-dflash GPU kit): sglang.benchmark imports load_dataset at module level."""\n\n\n'
+            "def load_dataset(*args, **kwargs):\n"
+            '    raise ImportError("HF datasets is not in the sgl-dflash GPU kit (a stub): '
+            'use --dataset-name random or custom")\n'),
+    },
 }
 
 
@@ -138,10 +151,11 @@ def strip_wheel(src: Path, dst: Path, dist: str) -> int:
     return len(names) - len(kept)
 
 
-def ipython_stub_wheel(dst_dir: Path) -> Path:
-    name, version = "ipython", "0.0.0+sgl_dflash_stub"
+def stub_wheel(name: str, dst_dir: Path) -> Path:
+    """A wheel of the STUBS distribution ``name``."""
+    version = "0.0.0+sgl_dflash_stub"
     dist_info = f"{name}-{version}.dist-info"
-    files = {p: s.encode() for p, s in IPYTHON_STUB.items()}
+    files = {p: text.encode() for p, text in STUBS[name].items()}
     files[f"{dist_info}/METADATA"] = f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n".encode()
     files[f"{dist_info}/WHEEL"] = b"Wheel-Version: 1.0\nGenerator: sgl-dflash\nRoot-Is-Purelib: true\nTag: py3-none-any\n"
     dst = dst_dir / f"{name}-{version}-py3-none-any.whl"
@@ -194,8 +208,9 @@ def pack() -> None:
             shutil.copy(src, dst)
             print(f"[pack] {i}/{len(kit)} {name}=={version}", flush=True)
         manifest.append(f"{name}=={version} {dst.name} {dst.stat().st_size}")
-    stub = ipython_stub_wheel(wheels)
-    manifest.append(f"ipython (stub) {stub.name} {stub.stat().st_size}")
+    for name in STUBS:
+        stub = stub_wheel(name, wheels)
+        manifest.append(f"{name} (stub) {stub.name} {stub.stat().st_size}")
     (KIT_DIR / "MANIFEST").write_text("\n".join(manifest) + "\n")
     kit_mib = sum(p.stat().st_size for p in KIT_DIR.rglob("*") if p.is_file()) / 2**20
     repo_mib = travelling_bytes() / 2**20
@@ -291,9 +306,9 @@ def check_imports(site: Path) -> dict:
     """farm + probe over the image's and the kit's distributions; the probe's result."""
     allowed = set(read_list(IMAGE_LIST)) | set(read_list(KIT_LIST))
     with tempfile.TemporaryDirectory() as tmp:
-        farm(Path(tmp) / "site", allowed - {"ipython"}, site)
+        farm(Path(tmp) / "site", allowed - set(STUBS), site)
         view = Path(tmp) / "site"
-        for rel, text in IPYTHON_STUB.items():  # as the kit's stub wheel installs it
+        for rel, text in (item for files in STUBS.values() for item in files.items()):  # as the stub wheels install
             (view / rel).parent.mkdir(exist_ok=True)
             (view / rel).write_text(text)
         # sgl_dflash as pip lays it out: the top-level kernels/ ships as sgl_dflash.kernels.
@@ -301,7 +316,7 @@ def check_imports(site: Path) -> dict:
         for entry in (REPO / "sgl_dflash").iterdir():
             (view / "sgl_dflash" / entry.name).symlink_to(entry)
         (view / "sgl_dflash" / "kernels").symlink_to(REPO / "kernels")
-        return probe(view)
+        return probe(view, SERVER_MODULES + BENCH_MODULES)
 
 
 def image_requirements(site: Path) -> list[str]:
@@ -387,10 +402,10 @@ def main() -> None:
     elif args.command == "rehearse":
         rehearse(args.out or REPO / "bench" / "results" / "gpu-kit-rehearsal.md")
     else:
-        result = check_imports(args.site) if args.command == "check-imports" else probe(None)
+        result = check_imports(args.site) if args.command == "check-imports" else probe(None, SERVER_MODULES + BENCH_MODULES)
         if result["failed"]:
             raise SystemExit(f"[{args.command}] {result['failed']}")
-        print(f"[{args.command}] all {len(SERVER_MODULES)} server modules import as if on an H100 "
+        print(f"[{args.command}] all {len(SERVER_MODULES)} server modules and bench_serving import as if on an H100 "
               f"({len(result['modules'])} modules; sgl_kernel from {result['sgl_kernel']})")
 
 

@@ -20,8 +20,10 @@ if [ ! -f "$venv/.image" ]; then
   rm -rf "$venv"
   "$py312" -m venv "$venv"
   "$venv/bin/pip" install -q --upgrade pip
-  # setuptools and wheel (in the image) build this repo there; the rest is what the server imports.
-  PIP_CONSTRAINT="" "$venv/bin/pip" install -q setuptools wheel $(.venv/bin/python launch/gpu_kit.py image-requirements)
+  # setuptools and wheel (in the image) build this repo there, test_gpu.sh runs pytest and plots with
+  # matplotlib (in the image too); the rest is what the server imports.
+  PIP_CONSTRAINT="" "$venv/bin/pip" install -q setuptools wheel pytest matplotlib \
+    $(.venv/bin/python launch/gpu_kit.py image-requirements)
   extra=$("$venv/bin/python" - <<'PY'
 import importlib.metadata as md, re
 norm = lambda s: re.sub(r"[-_.]+", "-", s).lower()
@@ -36,4 +38,16 @@ fi
 export PY="$PWD/$venv/bin/python" DFLASH_KIT_SITE="$PWD/.cache/rehearsal-site"
 source launch/gpu_env.sh
 "$PY" launch/gpu_kit.py probe
-"$PY" launch/gpu_kit.py rehearse --out bench/results/gpu-kit-rehearsal.md
+report=bench/results/gpu-kit-rehearsal.md
+"$PY" launch/gpu_kit.py rehearse --out "$report"
+# The device command itself, without CUDA: its preflight must pass; the GPU stages skip or stop at CUDA.
+out="$(mktemp -d)"
+DFLASH_GPU_REHEARSAL=1 OUT="$out" bash launch/test_gpu.sh > "$out/console.log" 2>&1
+rc=$?
+{ echo "## The device command, rehearsed without CUDA"; echo
+  echo "\`DFLASH_GPU_REHEARSAL=1 bash launch/test_gpu.sh\` in the same environment: exit status $rc."
+  echo "Its preflight (stage a), pytest and FAIL lines (without CUDA every GPU test skips and stage d stops at"
+  echo "inflating the pair on CUDA, as expected):"; echo
+  grep -E "^- (torch|kit installed|pytest:)|^FAIL" "$out/stages.md" | cut -c1-400; echo; } >> "$report"
+tail -n 12 "$report"
+[ $rc -eq 0 ] && ! grep -q "^FAIL: preflight" "$out/stages.md"

@@ -180,7 +180,7 @@ sweep() {
   if [ -f "$pair/check.json" ]; then say "- the inflated pair against the shipped pair (check.json):"; cat "$pair/check.json" >> "$STAGES"; fi
   t=$(date +%s)
   if [ $(( end - t )) -lt 90 ]; then say "- no time left for compare.py"; return 1; fi
-  ( cd "$WORK" && TMPDIR="$WORK/sweep" PYTHONPATH="$REPO/bench${PYTHONPATH:+:$PYTHONPATH}:$STUBS" \
+  ( cd "$WORK" && TMPDIR="$WORK/sweep" PYTHONPATH="$REPO/bench${PYTHONPATH:+:$PYTHONPATH}" \
       timeout -s INT -k 30 "$(until_s "$end")" "$PY" "$REPO/bench/compare.py" "${SWEEP_ARGS[@]}" \
       --target "$pair/target" --draft "$pair/draft" --modes "$modes" --out "$OUT/sweep.md" ) >> "$OUT/sweep.log" 2>&1
   rc=$?
@@ -211,20 +211,9 @@ source "$GPU_ENV" >> "$OUT/preflight.log" 2>&1 || { say "FAIL: $GPU_ENV (see pre
 set +eu -o pipefail  # whatever the env script set: a failing stage must not end the run
 PY="${PY:-python3}"
 say "- kit installed by $GPU_ENV in $(( $(date +%s) - t )) s"
-# sglang.benchmark (bench_serving, stage d) imports HF datasets at module level for datasets the sweep never
-# loads (MMMU); the GPU image has none: a stand-in that raises if used, on compare.py's path only.
-STUBS="$WORK/stubs"
-if ! ( cd "$WORK" && "$PY" -c "import datasets" ) >/dev/null 2>&1; then
-  mkdir -p "$STUBS/datasets"
-  printf '%s\n' '"""Stand-in (launch/test_gpu.sh): no HF datasets on this machine."""' \
-    'def load_dataset(*args, **kwargs):' \
-    '    raise ImportError("HF datasets is not installed here (a stand-in from launch/test_gpu.sh)")' \
-    > "$STUBS/datasets/__init__.py"
-  say "- no HF datasets here: a stand-in on the sweep's path for sglang.benchmark's module-level import"
-fi
-( cd "$WORK" && timeout 240 "$PY" - "$REPO" "$STUBS" <<'EOF' ) >> "$OUT/preflight.log" 2>&1
+( cd "$WORK" && timeout 240 "$PY" - "$REPO" <<'EOF' ) >> "$OUT/preflight.log" 2>&1
 import importlib, importlib.metadata as md, os, sys, time
-repo, stubs = sys.argv[1:3]
+repo = sys.argv[1]
 failed, sweep_failed = [], []
 start = time.time()
 # What a server imports at start (the HTTP server, the scheduler and its model and attention backend, the
@@ -237,8 +226,6 @@ for name in ["pytest", "requests", "torch", "triton", "transformers", "flashinfe
              "sgl_dflash.kernels.tree_build", "sgl_dflash.kernels.custom_mask", "sgl_dflash.inflate",
              "sglang.benchmark.serving", "matplotlib"]:
     sweep_only = name in ("sgl_dflash.inflate", "sglang.benchmark.serving", "matplotlib")
-    if sweep_only and stubs not in sys.path:
-        sys.path.append(stubs)
     t = time.time()
     try:
         importlib.import_module(name)
@@ -261,7 +248,7 @@ print(f"SUMMARY: {', '.join(f'{k} {v}' for k, v in versions.items())}; torch CUD
       f"{plugins}; sgl_dflash from {sgl_dflash.__file__}; imports {time.time() - start:.0f} s"
       + (f"; FAILED imports: {failed}" if failed else "")
       + (f"; FAILED imports for the sweep (stage d): {sweep_failed}" if sweep_failed else ""))
-shadowed = sgl_dflash.__file__.startswith(repo + "/")
+shadowed = sgl_dflash.__file__.startswith(os.path.join(repo, "sgl_dflash", ""))
 if shadowed:
     print("FAIL: sgl_dflash is imported from the source tree, which lacks sgl_dflash.kernels")
 rehearsal = os.environ.get("DFLASH_GPU_REHEARSAL") == "1"

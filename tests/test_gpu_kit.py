@@ -150,11 +150,12 @@ def test_lists_pin_the_kit_and_do_not_overlap_the_image():
 
 
 def test_server_imports_with_only_the_image_and_the_kit():
-    """Every server module imports as if on an H100 with only the image's and the kit's distributions."""
+    """Every server module and bench_serving import as if on an H100 with only the image's and the kit's
+    distributions."""
     result = gpu_kit.check_imports(Path(sysconfig.get_paths()["purelib"]))
     assert result["failed"] == {}
     assert Path(result["sgl_kernel"]).is_relative_to(gpu_kit.STAND_IN)
-    assert "sgl_dflash.worker" in result["modules"] and "flashinfer" in result["modules"]
+    assert {"sgl_dflash.worker", "flashinfer", "sglang.bench_serving"} <= set(result["modules"])
     assert not any(m.startswith("sglang.multimodal_gen") for m in result["modules"])  # stripped from the kit
 
 
@@ -184,13 +185,16 @@ def test_strip_wheel_drops_the_stripped_files_and_their_record_lines(tmp_path, m
     assert "demo/big/blob.so" not in zipfile.ZipFile(dst).namelist()
 
 
-def test_ipython_stub_installs_without_an_index(tmp_path):
-    wheel = gpu_kit.ipython_stub_wheel(tmp_path)
-    record_matches(wheel)
+def test_stub_wheels_install_without_an_index(tmp_path):
     site = tmp_path / "site"
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps", "--target", str(site),
-                    str(wheel)], check=True)
-    code = "from IPython.display import HTML, display; display(HTML('ok').data)"
+    for name in gpu_kit.STUBS:
+        wheel = gpu_kit.stub_wheel(name, tmp_path)
+        record_matches(wheel)
+        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps", "--target",
+                        str(site), str(wheel)], check=True)
+    code = ("from IPython.display import HTML, display; display(HTML('ok').data)\n"
+            "from datasets import load_dataset\n"
+            "try:\n    load_dataset('mmmu')\nexcept ImportError as e:\n    print('datasets' in str(e))")
     out = subprocess.run([sys.executable, "-S", "-c", code], env={"PYTHONPATH": str(site)},
                          capture_output=True, text=True, check=True).stdout
-    assert out.strip() == "ok"
+    assert out.split() == ["ok", "True"]

@@ -16,7 +16,7 @@ guarded imports take their fallback). ``launch/gpu_env.sh`` puts this directory 
 
 from __future__ import annotations
 
-from typing import Optional, Union
+from typing import Callable, Optional, Union
 
 import torch
 import torch.nn.functional as F
@@ -42,43 +42,42 @@ def _rms(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps) * weight.float()).to(x.dtype)
 
 
-def rmsnorm(input: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6,
-            out: Optional[torch.Tensor] = None, enable_pdl: Optional[bool] = None) -> torch.Tensor:
-    """out = input / RMS(input) * weight."""
-    if (fi := _flashinfer(input, "norm")) is not None:
-        return fi.rmsnorm(input, weight, eps, out, enable_pdl)
-    y = _rms(input, weight, eps)
-    return y if out is None else out.copy_(y)
+def _norm(name: str, offset: float) -> Callable:
+    """rmsnorm (offset 0) or gemma_rmsnorm (offset 1): out = input / RMS(input) * (weight + offset)."""
+
+    def op(input: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6,
+           out: Optional[torch.Tensor] = None, enable_pdl: Optional[bool] = None) -> torch.Tensor:
+        if (fi := _flashinfer(input, "norm")) is not None:
+            return getattr(fi, name)(input, weight, eps, out, enable_pdl)
+        y = _rms(input, weight.float() + offset, eps)
+        return y if out is None else out.copy_(y)
+
+    op.__name__ = op.__qualname__ = name
+    op.__doc__ = _norm.__doc__
+    return op
 
 
-def fused_add_rmsnorm(input: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor,
-                      eps: float = 1e-6, enable_pdl: Optional[bool] = None) -> None:
-    """In place: residual += input; input = residual / RMS(residual) * weight."""
-    if (fi := _flashinfer(input, "norm")) is not None:
-        return fi.fused_add_rmsnorm(input, residual, weight, eps, enable_pdl)
-    residual.add_(input)
-    input.copy_(_rms(residual, weight, eps))
+def _fused_add_norm(name: str, offset: float) -> Callable:
+    """In place: residual += input; input = residual / RMS(residual) * (weight + offset)."""
+
+    def op(input: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor,
+           eps: float = 1e-6, enable_pdl: Optional[bool] = None) -> None:
+        if (fi := _flashinfer(input, "norm")) is not None:
+            return getattr(fi, name)(input, residual, weight, eps, enable_pdl)
+        residual.add_(input)
+        input.copy_(_rms(residual, weight.float() + offset, eps))
+
+    op.__name__ = op.__qualname__ = name
+    op.__doc__ = _fused_add_norm.__doc__
+    return op
 
 
-def gemma_rmsnorm(input: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6,
-                  out: Optional[torch.Tensor] = None, enable_pdl: Optional[bool] = None) -> torch.Tensor:
-    """out = input / RMS(input) * (weight + 1)."""
-    if (fi := _flashinfer(input, "norm")) is not None:
-        return fi.gemma_rmsnorm(input, weight, eps, out, enable_pdl)
-    y = _rms(input, weight.float() + 1, eps)
-    return y if out is None else out.copy_(y)
+rmsnorm, gemma_rmsnorm = _norm("rmsnorm", 0.0), _norm("gemma_rmsnorm", 1.0)
+fused_add_rmsnorm = _fused_add_norm("fused_add_rmsnorm", 0.0)
+gemma_fused_add_rmsnorm = _fused_add_norm("gemma_fused_add_rmsnorm", 1.0)
 
 
-def gemma_fused_add_rmsnorm(input: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor,
-                            eps: float = 1e-6, enable_pdl: Optional[bool] = None) -> None:
-    """In place: residual += input; input = residual / RMS(residual) * (weight + 1)."""
-    if (fi := _flashinfer(input, "norm")) is not None:
-        return fi.gemma_fused_add_rmsnorm(input, residual, weight, eps, enable_pdl)
-    residual.add_(input)
-    input.copy_(_rms(residual, weight.float() + 1, eps))
-
-
-def _gated(name: str, act) -> callable:
+def _gated(name: str, act: Callable) -> Callable:
     def op(input: torch.Tensor, out: Optional[torch.Tensor] = None) -> torch.Tensor:
         if (fi := _flashinfer(input, "activation")) is not None:
             return getattr(fi, name)(input, out)
