@@ -263,6 +263,13 @@ if [ $rc -ne 0 ]; then
   exit 3
 fi
 
+# The kit's sgl_kernel stand-in on FlashInfer against float64 formulas (norms, gated activations, sampling
+# renorms): every server calls these, and this builds their FlashInfer JIT modules once, before six servers
+# start together.
+( cd "$WORK" && timeout -s INT -k 10 120 "$PY" -m pytest "$REPO/tests/test_gpu_kit.py" -k cuda \
+    -p no:cacheprovider -q ) >> "$OUT/pytest.log" 2>&1
+say "- the sgl_kernel stand-in on FlashInfer (tests/test_gpu_kit.py -k cuda): $(pytest_summary)"
+
 # ------------------------------------------------------- b, c. the tiny pair's servers
 if [ "$MODE" = full ]; then
   stage "b, c. servers on the shipped pair (tests/gpu/test_server_gpu.py)"
