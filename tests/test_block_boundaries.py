@@ -7,7 +7,8 @@
   block that starts with EOS: everything after the EOS must be dropped.
 * zero_head with a 4-ary tree of 85 nodes (N > B): the all-zero path is one
   of 64 leaves, far from the diagonal, so every step moves its KV.
-Each is compared with a plain server on the same target.
+Each is compared with a plain server on the same target; the server-wide accept length
+(GET /server_info: SGLang's own and the worker's) is whole blocks.
 """
 
 from __future__ import annotations
@@ -15,7 +16,9 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+import requests
 
+from sgl_dflash.algorithm import STATE_KEY
 from sgl_dflash.tiny_models import CHAIN_D_ID, EOS_ID
 
 BLOCK = 4
@@ -95,11 +98,19 @@ def test_ignore_eos_continues_after_full_blocks(servers):
         assert a["output_ids"] == b["output_ids"] == [CHAIN_D_ID] + [EOS_ID] * (n - 1)
 
 
-def test_server_log_shows_running_mean_accept_length(servers):
-    _, spec = servers["zero"]
-    for _ in range(6):  # enough steps for the periodic log line
-        spec.generate(PROMPTS[0], max_new_tokens=60, temperature=0)
-    log = spec.log()
-    assert "SGL_DFLASH running mean accept length" in log
-    assert "accept len:" in log  # SGLang's own per-interval decode log
-
+@pytest.mark.parametrize("shape", ["zero", "zero tree"])
+def test_server_wide_accept_length_is_whole_blocks(servers, shape):
+    """Every draft of the zero_head pair is accepted, so every request-step commits a whole block:
+    B tokens. SGLang's own running figure (GET /server_info's avg_spec_accept_length, the mean
+    behind its periodic "accept len" log; it takes in a decode log interval of 40 batches at a
+    time) and the worker's totals (committed tokens per request-step) must both say so."""
+    _, spec = servers[shape]
+    for prompt in PROMPTS[:3]:  # 3 x 15 steps: past a decode log interval on their own
+        spec.generate(prompt, max_new_tokens=60, temperature=0)
+    r = requests.get(f"{spec.url}/server_info", timeout=60)
+    r.raise_for_status()
+    state = r.json()["internal_states"][0]
+    assert state["avg_spec_accept_length"] == BLOCK
+    accept = state[STATE_KEY]["accept"]
+    assert accept["request_steps"] > 0
+    assert accept["committed_tokens"] == BLOCK * accept["request_steps"]

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 from sgl_dflash.train import main as train_main
+from sgl_dflash.training.corpus import heldout_prompts
 from sgl_dflash.training.dflash_trainer import (
     TargetStates,
     TrainConfig,
@@ -28,6 +30,9 @@ from sgl_dflash.training.drafter import DFlashDrafter
 from sgl_dflash.training.reference_decoder import dflash_proposer, speculative_decode
 
 BLOCK = 4
+MAX_NEW = 32
+ASSETS = Path(__file__).resolve().parent.parent / "sgl_dflash" / "assets"
+SHIPPED_TARGET, SHIPPED_DRAFT = ASSETS / "tiny-target", ASSETS / "tiny-draft"
 
 
 @pytest.fixture(scope="module")
@@ -101,19 +106,34 @@ def test_cached_target_states_equal_a_fresh_target_pass(target):
         torch.testing.assert_close(final[k, :n], fresh_final[k, :n])
 
 
-@pytest.mark.parametrize("topk,num_nodes", [(1, BLOCK), (3, 10)])
-def test_reference_decoder_is_exact(target, target_path, topk, num_nodes):
-    """Greedy tree decoding reproduces the target's own greedy output; sampling near
+@pytest.fixture(scope="module")
+def shipped():
+    target, tokenizer = load_target(SHIPPED_TARGET, "cpu")
+    return target, tokenizer, DFlashDrafter.from_pretrained(SHIPPED_DRAFT).eval()
+
+
+@pytest.mark.parametrize("topk,num_nodes", [(1, 16), (4, 32)])
+def test_reference_decoder_is_exact(shipped, topk, num_nodes):
+    """On the shipped trained pair (its drafts are accepted, whole blocks included), greedy
+    chain and tree decoding reproduce transformers' greedy generate on the target; sampling near
     temperature 0 (a sample at every node) reproduces greedy decoding."""
-    drafter = make_drafter(target_path)
+    target, tokenizer, drafter = shipped
     propose = dflash_proposer(target, drafter, topk)
-    prompt = torch.randint(0, 256, (10,), generator=torch.Generator().manual_seed(5)).tolist()
-    plain, _ = speculative_decode(target, None, prompt, 24, BLOCK)
-    greedy = speculative_decode(target, propose, prompt, 24, BLOCK, num_nodes=num_nodes)
-    sampled = speculative_decode(target, propose, prompt, 24, BLOCK, temperature=1e-6,
-                                 generator=torch.Generator().manual_seed(0), num_nodes=num_nodes)
-    assert greedy[0] == plain
-    assert sampled == greedy
+    accepted = []
+    for prompt in heldout_prompts(tokenizer, 2, 32, seed=7):
+        ids = torch.tensor([prompt])
+        with torch.no_grad():
+            plain = target.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=MAX_NEW,
+                                    do_sample=False, pad_token_id=tokenizer.eos_token_id)[0, len(prompt):].tolist()
+        greedy = speculative_decode(target, propose, prompt, MAX_NEW, drafter.block_size,
+                                    tokenizer.eos_token_id, num_nodes=num_nodes)
+        sampled = speculative_decode(target, propose, prompt, MAX_NEW, drafter.block_size, tokenizer.eos_token_id,
+                                     temperature=1e-6, generator=torch.Generator().manual_seed(0), num_nodes=num_nodes)
+        assert greedy[0] == plain
+        assert sampled == greedy
+        accepted += greedy[1]
+    assert sum(accepted) > len(accepted)  # more than one accepted draft per step on average
+    assert max(accepted) >= drafter.block_size // 2  # deep paths too (whole blocks, on these prompts)
 
 
 def test_position_weights_and_anchor_range():
